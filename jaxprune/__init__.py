@@ -1,0 +1,3 @@
+"""jaxprune (work in progress)."""
+
+__version__ = "0.1.0.dev0"

@@ -1,0 +1,214 @@
+"""Shared types, the one rule for ``None`` leaves, parameter paths and input checks.
+
+Every tree that jaxprune reads (params, scores, masks, sparsities) has the structure of the
+parameters, with ``None`` where a leaf is absent or never pruned. All mapping goes through
+:func:`map_prunable`, which maps with the params-shaped tree first and treats ``None`` as a
+leaf, so that a ``None`` anywhere yields ``None`` (see DESIGN.md, "None rule").
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Params = Any  # A pytree of arrays; ``None`` leaves mean "absent".
+Updates = Any  # A pytree shaped like ``Params``.
+Scores = Any  # Params-shaped; float leaves shaped like the mask they produce, or ``None``.
+Mask = Any  # Params-shaped; bool leaves broadcastable to the parameter, or ``None``.
+Sparsity = Any  # A float, a scalar array, or a prefix tree of those (``None`` = stays dense).
+
+NO_PARAMS_MSG = "This transformation reads the current parameters: pass `params` to `update`."
+
+
+class ScoreFn(Protocol):
+    """Maps parameters (and optionally gradients) to a params-shaped tree of scores."""
+
+    def __call__(self, params: Params, grads: Updates | None = None) -> Scores: ...
+
+
+class SelectFn(Protocol):
+    """Maps scores and a sparsity (scalar or per-leaf tree) to a boolean mask tree."""
+
+    def __call__(self, scores: Scores, sparsity: Sparsity) -> Mask: ...
+
+
+def is_none(x: Any) -> bool:
+    """Returns whether ``x`` is ``None`` (the ``is_leaf`` used for every jaxprune tree)."""
+    return x is None
+
+
+def map_prunable(f: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+    """Maps ``f`` over leaves where every tree holds a value; ``None`` everywhere else.
+
+    ``tree`` fixes the structure; the trees in ``rest`` must have the same structure, where
+    a ``None`` leaf stands for a whole absent subtree.
+
+    Args:
+      f: Function of one leaf from each tree.
+      tree: The params-shaped tree that fixes the structure.
+      *rest: More trees with the structure of ``tree``.
+
+    Returns:
+      A tree with the structure of ``tree``.
+    """
+    return jax.tree.map(
+        lambda x, *r: None if x is None or any(y is None for y in r) else f(x, *r),
+        tree,
+        *rest,
+        is_leaf=is_none,
+    )
+
+
+def path_str(path: Any) -> str:
+    """Formats a JAX key path as a ``'/'``-joined string, e.g. ``'Dense_0/kernel'``."""
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+
+
+def leaves_with_paths(tree: Any) -> list[tuple[str, Any]]:
+    """Returns ``(path, leaf)`` pairs in tree order, ``None`` leaves included."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)
+    return [(path_str(p), x) for p, x in flat]
+
+
+def map_with_path(f: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+    """Like :func:`map_prunable`, but ``f`` also receives the leaf's path string first."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x, *r: (
+            None if x is None or any(y is None for y in r) else f(path_str(p), x, *r)
+        ),
+        tree,
+        *rest,
+        is_leaf=is_none,
+    )
+
+
+def iter_paths(tree: Any) -> Iterator[str]:
+    """Yields the path of every leaf (``None`` included) in tree order."""
+    for path, _ in leaves_with_paths(tree):
+        yield path
+
+
+# ---------------------------------------------------------------------------------------
+# Structure and value checks (every message names the offending path or argument).
+
+
+def check_structure(params: Params, other: Any, what: str) -> None:
+    """Raises ``ValueError`` unless ``other`` has the tree structure of ``params``.
+
+    ``None`` leaves are leaves on both sides, so a ``None`` in ``other`` may only stand where
+    ``params`` holds a single leaf.
+
+    Args:
+      params: The reference tree.
+      other: The tree to check.
+      what: Name of ``other`` used in the message (e.g. ``"masks"``).
+
+    Raises:
+      ValueError: If the structures differ; the message lists the paths that differ.
+    """
+    ref = jax.tree.structure(params, is_leaf=is_none)
+    got = jax.tree.structure(other, is_leaf=is_none)
+    if ref == got:
+        return
+    ref_paths = list(iter_paths(params))
+    got_paths = list(iter_paths(other))
+    missing = [p for p in ref_paths if p not in set(got_paths)]
+    extra = [p for p in got_paths if p not in set(ref_paths)]
+    detail = []
+    if missing:
+        detail.append(f"missing paths {missing[:8]}")
+    if extra:
+        detail.append(f"unexpected paths {extra[:8]}")
+    if not detail:
+        detail.append(f"container types differ: params {ref} vs {what} {got}")
+    raise ValueError(
+        f"`{what}` must have the tree structure of the params: " + "; ".join(detail) + "."
+    )
+
+
+def is_concrete(x: Any) -> bool:
+    """Returns whether ``x`` has a value now (not a tracer)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_fraction(value: Any, name: str) -> None:
+    """Raises ``ValueError`` if a concrete ``value`` lies outside ``[0, 1]`` or is NaN.
+
+    Traced values cannot be checked at trace time and are accepted as they are.
+
+    Args:
+      value: A Python number or array (scalar or not).
+      name: The argument name or path used in the message.
+    """
+    if value is None or not is_concrete(value) or callable(value):
+        return
+    arr = np.asarray(value)
+    if arr.dtype == object:
+        raise TypeError(f"`{name}` must be a number in [0, 1], got {value!r}.")
+    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
+        raise TypeError(f"`{name}` must be a number in [0, 1], got dtype {arr.dtype}.")
+    if np.any(np.isnan(arr)) or np.any(arr < 0) or np.any(arr > 1):
+        raise ValueError(f"`{name}` must lie in [0, 1], got {value!r}.")
+
+
+def check_float_leaf(path: str, x: Any, what: str = "prunable leaf") -> None:
+    """Raises ``TypeError`` unless ``x`` has a floating dtype."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{what} {path!r} must be a floating-point array, got "
+            f"{dtype if dtype is not None else type(x).__name__}."
+        )
+
+
+def check_mask_leaf(path: str, mask: Any, param: Any) -> None:
+    """Raises unless ``mask`` is a bool array broadcastable to ``param``'s shape."""
+    dtype = getattr(mask, "dtype", None)
+    if dtype is None or dtype != jnp.bool_:
+        raise TypeError(
+            f"mask at {path!r} must be a bool array, got "
+            f"{dtype if dtype is not None else type(mask).__name__}."
+        )
+    mshape, pshape = tuple(mask.shape), tuple(param.shape)
+    ok = len(mshape) == len(pshape) and all(m in (1, p) for m, p in zip(mshape, pshape))
+    if not ok:
+        raise ValueError(
+            f"mask at {path!r} has shape {mshape}, which does not broadcast to the parameter "
+            f"shape {pshape} (a mask keeps the parameter's rank; pruned-together axes have size "
+            "1)."
+        )
+
+
+def check_int(value: Any, name: str, minimum: int = 0) -> int:
+    """Returns ``value`` as an int, raising if it is not an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}.")
+    return int(value)
+
+
+def resolve_tree_arg(arg: Any, params: Params) -> Any:
+    """Calls ``arg(params)`` if it is callable, else returns ``arg``."""
+    return arg(params) if callable(arg) else arg
+
+
+def broadcast_prefix(prefix: Any, params: Params, what: str) -> Any:
+    """Broadcasts a prefix tree (e.g. a float for every leaf) to the structure of ``params``.
+
+    ``None`` in the prefix stands for a whole subtree of ``None``.
+
+    Raises:
+      ValueError: If ``prefix`` is not a prefix of the params' structure.
+    """
+    try:
+        return jax.tree.broadcast(prefix, params, is_leaf=is_none)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"`{what}` must be a single value or a prefix tree of the params' structure: {e}"
+        ) from e

@@ -1,0 +1,498 @@
+"""``optax_sparsity``: pruning inside a jitted optax step, and Dynamic Network Surgery.
+
+The masks of a pruning schedule live in the optimizer state. Every step the transform either
+keeps them or (on the schedule's update steps) recomputes them from scores, inside a
+``lax.cond`` whose operands are only the parameters, the optional raw gradients and the old
+masks, and whose result is only the new masks: ordinary steps pay for one predicate, not for a
+copy of the optimizer state. It then rewrites the update of every pruned entry to ``-param``,
+so that ``optax.apply_updates`` leaves it exactly ``0.0`` whatever optimizer came before.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxprune._src import base
+from jaxprune._src import distributions as dist_lib
+from jaxprune._src import granularity as gran_lib
+from jaxprune._src import schedules as sched_lib
+from jaxprune._src import scores as scores_lib
+from jaxprune._src import select as select_lib
+
+
+class SparsityState(NamedTuple):
+    """State of :func:`optax_sparsity`."""
+
+    count: jax.Array  # int32 scalar: number of updates so far.
+    masks: base.Mask  # bool leaves shaped like the granularity's masks; None = never pruned.
+
+
+class DynamicSurgeryState(NamedTuple):
+    """State of :func:`dynamic_network_surgery`."""
+
+    count: jax.Array  # int32 scalar: number of updates so far.
+    masks: base.Mask  # bool leaves shaped like params; None = never pruned.
+    low: base.Params  # float32 scalar per prunable leaf: prune below (DNS's ``a``).
+    high: base.Params  # float32 scalar per prunable leaf: splice above (DNS's ``b``).
+    key: jax.Array  # PRNG key for the stochastic update decision.
+
+
+def default_prunable(params: base.Params) -> Any:
+    """``True`` for leaves of rank >= 2 (kernels and embeddings), ``False`` for the rest.
+
+    Biases and normalization scales/offsets (rank 1) and scalars are never pruned by default.
+    """
+    return base.map_prunable(lambda p: len(p.shape) >= 2, params)
+
+
+def _prunable_flags(prunable: Any, params: base.Params) -> Any:
+    flags = base.resolve_tree_arg(prunable, params)
+    flags = base.broadcast_prefix(flags, params, "prunable")
+    out = []
+    for (path, p), (_, f) in zip(
+        base.leaves_with_paths(params), base.leaves_with_paths(flags), strict=True
+    ):
+        if p is None or f is None:
+            out.append(False)
+            continue
+        if not isinstance(f, bool) and not (hasattr(f, "dtype") and f.shape == ()):
+            raise TypeError(
+                f"`prunable` must hold one Python bool per leaf; got {f!r} at {path!r}."
+            )
+        flag = bool(f)
+        if flag:
+            base.check_float_leaf(path, p)
+        out.append(flag)
+    treedef = jax.tree.structure(params, is_leaf=base.is_none)
+    return jax.tree.unflatten(treedef, out)
+
+
+def _only_prunable(tree: Any, flags: Any) -> Any:
+    return jax.tree.map(
+        lambda x, f: x if (f and x is not None) else None, tree, flags, is_leaf=base.is_none
+    )
+
+
+def _value_at(value: Any, count: jax.Array) -> Any:
+    return value(count) if callable(value) else value
+
+
+def _is_path_mapping(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(isinstance(k, str) and "/" in k for k in value)
+
+
+def optax_sparsity(
+    sparsity: Any = None,
+    *,
+    score_fn: Callable[..., base.Scores] = scores_lib.magnitude,
+    granularity: Any = "unstructured",
+    reduction: gran_lib.Reduction = "sum",
+    distribution: Any = "uniform",
+    prunable: Any = default_prunable,
+    update_every: int = 100,
+    begin_step: int = 0,
+    end_step: int | None = None,
+    update_when: Callable[[jax.Array], jax.Array] | None = None,
+    min_keep: int = 1,
+    straight_through: bool = False,
+    select_fn: Callable[..., base.Mask] | None = None,
+    method: str = "auto",
+) -> optax.GradientTransformationExtraArgs:
+    """Prunes weights during training, holding the masks in the optimizer state.
+
+    On every update step of the schedule (``update_when(count)``, by default every
+    ``update_every`` steps from ``begin_step`` to ``end_step``) the masks are recomputed
+    inside the jitted step: ``score_fn`` scores the prunable leaves, the scores are reduced to
+    ``granularity``, ``distribution`` turns the current target ``sparsity`` into per-layer
+    sparsities and the selection drops exactly ``floor(s_l * n_l)`` units of each layer
+    (or of the whole model for ``distribution="global"``), keeping at least ``min_keep``
+    units per layer. On other steps the masks are kept, at the cost of one predicate.
+
+    Unless ``straight_through``, the update of every pruned entry becomes ``-param``, so that
+    ``optax.apply_updates`` leaves pruned weights exactly ``0.0``, whatever the optimizer
+    before it did (momentum, Adam/AdamW moments, Lion, weight decay). **Place it last in the
+    chain**: anything after it (a learning-rate scale, say) would rescale ``-param``.
+
+    In straight-through mode the updates pass through unchanged, so pruned weights keep
+    learning and can come back when the masks are recomputed; apply the masks in the forward
+    pass with ``jaxprune.apply_masks(params, jaxprune.masks(opt_state),
+    straight_through=True)``. This is the training mode of Dynamic Network Surgery (see
+    :func:`dynamic_network_surgery` for its hysteresis selector).
+
+    Args:
+      sparsity: Target fraction of pruned units: a float, a schedule ``count -> float``
+        (e.g. ``jaxprune.schedules.polynomial``, any optax schedule), or a prefix tree of
+        those over the params (``None`` = stays dense), which bypasses ``distribution``.
+        Omit it for N:M granularity, which fixes the sparsity at ``1 - n/m``.
+      score_fn: ``(params, grads) -> scores`` with element-level scores, e.g.
+        ``jaxprune.scores.magnitude`` (default) or ``jaxprune.scores.taylor``; gradient-based
+        scores read the extra argument ``raw_grads=`` of ``update``.
+      granularity: A :class:`~jaxprune.Granularity` (or its name, or a prefix tree of them):
+        what is pruned together. ``jaxprune.n_of_m(2, 4)`` selects N:M masks.
+      reduction: How element scores combine within a unit (``"sum"``, ``"mean"``, ``"max"``,
+        ``"l1"``, ``"l2"``); irrelevant for unstructured pruning.
+      distribution: ``"uniform"``, ``"erk"``, ``"er"``, ``"global"``, a callable
+        ``(params, sparsity) -> per-leaf sparsity tree`` (see ``jaxprune.distributions``) or a
+        dict ``path -> sparsity or schedule`` (then ``sparsity`` is omitted).
+      prunable: A bool tree (or prefix) over the params, or a callable returning one;
+        ``False`` leaves are never pruned. Default: leaves of rank >= 2 (kernels).
+      update_every: Steps between mask updates (default predicate).
+      begin_step: First step at which the masks are updated (default predicate).
+      end_step: Last step at which the masks are updated, or ``None`` for no end.
+      update_when: A predicate ``count -> bool`` that replaces the three arguments above,
+        e.g. ``jaxprune.schedules.at_steps((0, 1000, 2000))``.
+      min_keep: Per-layer floor: units every layer keeps (``0`` allows emptying a layer).
+      straight_through: Leave the updates of pruned entries unchanged (see above).
+      select_fn: Optional ``(scores, per_leaf_sparsity) -> masks`` replacing the top-k
+        selection (scores are already reduced to ``granularity``).
+      method: Top-k search of :func:`jaxprune.select.topk_mask`: ``"auto"``, ``"radix"``
+        or ``"bisect"``.
+
+    Returns:
+      A :class:`optax.GradientTransformationExtraArgs` with a :class:`SparsityState`.
+      ``update(updates, state, params, raw_grads=None)`` requires ``params``.
+
+    Raises:
+      ValueError: For a sparsity outside ``[0, 1]``, a granularity that does not fit a leaf,
+        an N:M axis not divisible by M, or inconsistent arguments; messages name the path.
+      TypeError: If a prunable leaf is not floating point.
+
+    Notes:
+      With ``optax.inject_hyperparams`` list the non-numeric arguments as static:
+      ``optax.inject_hyperparams(jaxprune.optax_sparsity, static_args=("score_fn",
+      "granularity", "reduction", "distribution", "prunable", "update_when", "min_keep",
+      "straight_through", "select_fn", "method"))(sparsity=0.5)``; ``sparsity``,
+      ``update_every``, ``begin_step`` and ``end_step`` may then be changed in the state
+      without recompiling. The transform also works inside ``optax.MultiSteps`` (it then
+      counts real, not accumulated, steps) and with ``jax.eval_shape(tx.init, params)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import jaxprune
+      >>> params = {"w": jnp.array([[0.1, -2.0], [0.5, 3.0]]), "b": jnp.ones(2)}
+      >>> tx = optax.chain(optax.sgd(0.1), jaxprune.optax_sparsity(0.5, update_every=1))
+      >>> state = tx.init(params)
+      >>> grads = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+      >>> updates, state = tx.update(grads, state, params)
+      >>> optax.apply_updates(params, updates)["w"]
+      Array([[ 0. , -2.1],
+             [ 0. ,  2.9]], dtype=float32)
+
+    References:
+      Han et al., "Learning both Weights and Connections for Efficient Neural Networks",
+      NeurIPS 2015; Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of
+      pruning for model compression", 2017. https://arxiv.org/abs/1710.01878
+    """
+    if not isinstance(granularity, (gran_lib.Granularity, str)):
+        grans_are_nm = False
+    else:
+        grans_are_nm = gran_lib._resolve(granularity).is_n_of_m
+    per_path = isinstance(distribution, Mapping)
+    if grans_are_nm:
+        if sparsity is not None:
+            raise ValueError(
+                "N:M granularity fixes the sparsity at 1 - n/m; do not pass `sparsity`."
+            )
+    elif per_path:
+        if sparsity is not None:
+            raise ValueError(
+                "`distribution` is a per-path dict of sparsities; do not pass `sparsity` too."
+            )
+    elif sparsity is None:
+        raise ValueError("`sparsity` is required (a float, a schedule, or a prefix tree).")
+    if not callable(sparsity) and not isinstance(sparsity, (Mapping, list, tuple)):
+        base.check_fraction(sparsity, "sparsity")
+    if not per_path and distribution != "global":
+        dist_fn = dist_lib.resolve(distribution)
+    else:
+        dist_fn = None
+    if update_when is None:
+        update_when = sched_lib.every(update_every, begin_step=begin_step, end_step=end_step)
+    if base.is_concrete(min_keep):
+        min_keep = base.check_int(min_keep, "min_keep")
+
+    def init_fn(params):
+        flags = _prunable_flags(prunable, params)
+        grans = gran_lib.resolve_granularity_tree(granularity, _only_prunable(params, flags))
+        masks = base.map_with_path(
+            lambda path, p, g: jnp.ones(g.mask_shape(tuple(p.shape), path), jnp.bool_),
+            params,
+            grans,
+        )
+        if per_path:
+            dist_lib.per_path(_only_prunable(params, flags), distribution)  # validates paths
+        return SparsityState(count=jnp.zeros([], jnp.int32), masks=masks)
+
+    def targets(prunable_params, count):
+        """Per-leaf sparsity tree (or a scalar for global selection)."""
+        if per_path:
+            tree = dist_lib.per_path(prunable_params, distribution)
+            return base.map_prunable(lambda _, s: _value_at(s, count), prunable_params, tree)
+        if isinstance(sparsity, (Mapping, list, tuple)):
+            tree = base.broadcast_prefix(sparsity, prunable_params, "sparsity")
+            for path, s in base.leaves_with_paths(tree):
+                if not callable(s):
+                    base.check_fraction(s, f"sparsity[{path!r}]")
+            return base.map_prunable(lambda _, s: _value_at(s, count), prunable_params, tree)
+        target = _value_at(sparsity, count)
+        if distribution == "global":
+            return target
+        return dist_fn(prunable_params, target)
+
+    def select(scores, prunable_params, count):
+        if grans_are_nm:
+            g = gran_lib._resolve(granularity)
+            return select_lib.n_of_m(scores, g.n, g.m, axis=g.axis)
+        target = targets(prunable_params, count)
+        if select_fn is not None:
+            return select_fn(scores, target)
+        if distribution == "global" and not per_path and not isinstance(
+            sparsity, (Mapping, list, tuple)
+        ):
+            return select_lib.global_topk(scores, target, min_keep=min_keep, method=method)
+        return select_lib.layerwise_topk(scores, target, min_keep=min_keep, method=method)
+
+    def update_fn(updates, state, params=None, *, raw_grads=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(base.NO_PARAMS_MSG)
+        base.check_structure(params, updates, "updates")
+        old = state.masks
+        base.check_structure(params, old, "state.masks")
+        count = state.count
+
+        def recompute(operands):
+            p, g, old_masks = operands
+            p = jax.tree.map(
+                lambda x, m: None if m is None else x, p, old_masks, is_leaf=base.is_none
+            )
+            if g is not None:
+                g = jax.tree.map(
+                    lambda x, m: None if m is None else x, g, old_masks, is_leaf=base.is_none
+                )
+            element_scores = score_fn(p, g)
+            grans = gran_lib.resolve_granularity_tree(granularity, p)
+            scores = base.map_with_path(
+                lambda path, s, gr: gran_lib.reduce_scores(s, gr, reduction, path),
+                element_scores,
+                grans,
+            )
+            new = select(scores, p, count)
+            base.check_structure(old_masks, new, "selected masks")
+            return jax.tree.map(
+                lambda n, o: None if o is None else n.reshape(o.shape),
+                new,
+                old_masks,
+                is_leaf=base.is_none,
+            )
+
+        masks = jax.lax.cond(
+            jnp.asarray(update_when(count), jnp.bool_),
+            recompute,
+            lambda operands: operands[2],
+            (params, raw_grads, old),
+        )
+        if not straight_through:
+            updates = jax.tree.map(
+                lambda u, p, m: (
+                    u if (m is None or u is None) else jnp.where(m, u, -p.astype(u.dtype))
+                ),
+                updates,
+                params,
+                masks,
+                is_leaf=base.is_none,
+            )
+        return updates, SparsityState(count=optax.safe_increment(count), masks=masks)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def dynamic_network_surgery(
+    c_rate: Any = 0.0,
+    *,
+    key: jax.Array | int = 0,
+    gamma: float = 1e-4,
+    power: float = 1.0,
+    stop_step: int | None = None,
+    low_factor: float = 0.9,
+    high_factor: float = 1.1,
+    prunable: Any = default_prunable,
+) -> optax.GradientTransformationExtraArgs:
+    """Dynamic Network Surgery: prune and splice weights with a hysteresis on ``|w|``.
+
+    On the first update, per prunable leaf, ``mu`` and ``sigma`` (mean and standard deviation
+    of ``|w|``) give the thresholds ``a = low_factor * max(mu + c_rate * sigma, 0)`` and
+    ``b = high_factor * max(mu + c_rate * sigma, 0)``, kept fixed afterwards (as the authors'
+    code does). At step ``t`` the masks are recomputed with probability
+    ``(1 + gamma * t) ** -power`` (and never from ``stop_step`` on): entries with
+    ``|w| < a`` are pruned, entries with ``|w| > b`` are spliced back, the rest keep their
+    mask. The updates are not masked (straight-through): train with the masked weights in
+    the forward pass, ``jaxprune.apply_masks(params, jaxprune.masks(opt_state),
+    straight_through=True)``, so that every weight, pruned or not, receives the gradient of
+    the masked product. Place it last in the chain (it leaves updates unchanged, so the
+    position only matters for the ``params`` it reads).
+
+    Unlike the Caffe code, the statistics are taken per leaf (kernel and bias separately)
+    rather than over a layer's weights and biases together.
+
+    Args:
+      c_rate: Per-layer multiplier of ``sigma``: a float or a prefix tree of floats.
+      key: A ``jax.random`` key or an int seed for the update decisions.
+      gamma: Decay rate of the update probability.
+      power: Exponent of the update probability.
+      stop_step: Step from which the masks are frozen (``None``: never).
+      low_factor: ``a = low_factor * max(mu + c_rate * sigma, 0)``.
+      high_factor: ``b = high_factor * max(mu + c_rate * sigma, 0)``.
+      prunable: As in :func:`optax_sparsity`.
+
+    Returns:
+      A :class:`optax.GradientTransformationExtraArgs` with a :class:`DynamicSurgeryState`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import jaxprune
+      >>> params = {"w": jnp.array([[0.01, -2.0], [0.5, 3.0]])}
+      >>> tx = jaxprune.dynamic_network_surgery(c_rate=0.0, gamma=0.0)
+      >>> _, state = tx.update(params, tx.init(params), params)
+      >>> jaxprune.masks(state)["w"]
+      Array([[False,  True],
+             [False,  True]], dtype=bool)
+
+    References:
+      Guo, Yao, Chen, "Dynamic Network Surgery for Efficient DNNs", NeurIPS 2016.
+      https://arxiv.org/abs/1608.04493
+    """
+    if isinstance(key, int):
+        key = jax.random.key(key)
+    if not (0.0 <= low_factor <= high_factor):
+        raise ValueError(
+            f"need 0 <= low_factor <= high_factor, got {low_factor} and {high_factor}."
+        )
+    probability = sched_lib.dns_probability(gamma, power, stop_step)
+
+    def init_fn(params):
+        flags = _prunable_flags(prunable, params)
+        pp = _only_prunable(params, flags)
+        return DynamicSurgeryState(
+            count=jnp.zeros([], jnp.int32),
+            masks=base.map_prunable(lambda p: jnp.ones(p.shape, jnp.bool_), pp),
+            low=base.map_prunable(lambda p: jnp.zeros([], jnp.float32), pp),
+            high=base.map_prunable(lambda p: jnp.zeros([], jnp.float32), pp),
+            key=key,
+        )
+
+    def thresholds(params, masks):
+        rates = base.broadcast_prefix(c_rate, masks, "c_rate")
+
+        def one(w, m, c, factor):
+            a = jnp.abs(w.astype(jnp.float32))
+            mf = jnp.broadcast_to(m, a.shape).astype(jnp.float32)
+            n = jnp.maximum(jnp.sum(mf), 1.0)
+            mu = jnp.sum(a * mf) / n
+            sigma = jnp.sqrt(jnp.maximum(jnp.sum(a * a * mf) / n - mu * mu, 0.0))
+            return factor * jnp.maximum(mu + jnp.asarray(c, jnp.float32) * sigma, 0.0)
+
+        low = base.map_prunable(functools.partial(one, factor=low_factor), params, masks, rates)
+        high = base.map_prunable(
+            functools.partial(one, factor=high_factor), params, masks, rates
+        )
+        return low, high
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(base.NO_PARAMS_MSG)
+        count = state.count
+        pp = jax.tree.map(
+            lambda x, m: None if m is None else x, params, state.masks, is_leaf=base.is_none
+        )
+        low, high = jax.lax.cond(
+            count == 0,
+            lambda ops: thresholds(ops[0], ops[1]),
+            lambda ops: (ops[2], ops[3]),
+            (pp, state.masks, state.low, state.high),
+        )
+        key, sub = jax.random.split(state.key)
+        go = jax.random.uniform(sub, (), jnp.float32) < probability(count)
+
+        def recompute(ops):
+            p, old, lo, hi = ops
+            scores = scores_lib.magnitude(p)
+            return select_lib.hysteresis(scores, old, lo, hi)
+
+        masks = jax.lax.cond(go, recompute, lambda ops: ops[1], (pp, state.masks, low, high))
+        new_state = DynamicSurgeryState(optax.safe_increment(count), masks, low, high, key)
+        return updates, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _find_states(tree: Any, found: list) -> None:
+    if isinstance(tree, (SparsityState, DynamicSurgeryState)):
+        found.append(tree)
+        return
+    if hasattr(tree, "get_value") and callable(tree.get_value):  # flax nnx Variable
+        _find_states(tree.get_value(), found)
+        return
+    if isinstance(tree, Mapping):
+        for v in tree.values():
+            _find_states(v, found)
+    elif isinstance(tree, (tuple, list)):
+        for v in tree:
+            _find_states(v, found)
+    elif hasattr(tree, "__dict__") and not isinstance(tree, jax.Array):
+        for v in vars(tree).values():
+            _find_states(v, found)
+
+
+def _unwrap(x: Any) -> Any:
+    if hasattr(x, "get_value") and callable(x.get_value):
+        return x.get_value()
+    return x
+
+
+def masks(opt_state: Any) -> base.Mask:
+    """Returns the current masks from any optimizer state that holds one sparsity transform.
+
+    Finds the :class:`SparsityState` (or :class:`DynamicSurgeryState`) inside chains,
+    ``optax.inject_hyperparams``, ``optax.MultiSteps`` and ``nnx.Optimizer.opt_state``.
+
+    Args:
+      opt_state: An optax state (or an ``nnx.Optimizer``'s ``opt_state``).
+
+    Returns:
+      The mask tree (bool leaves broadcastable to the params, ``None`` for unpruned leaves).
+
+    Raises:
+      ValueError: If the state holds no sparsity state, or more than one.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import jaxprune
+      >>> tx = optax.chain(optax.adam(1e-3), jaxprune.optax_sparsity(0.5))
+      >>> state = tx.init({"w": jnp.ones((2, 2))})
+      >>> jaxprune.masks(state)["w"].shape
+      (2, 2)
+    """
+    found: list = []
+    _find_states(opt_state, found)
+    if not found:
+        raise ValueError(
+            "no jaxprune sparsity state found in `opt_state`; was the optimizer built with "
+            "jaxprune.optax_sparsity(...) or jaxprune.dynamic_network_surgery(...)?"
+        )
+    if len(found) > 1:
+        raise ValueError(
+            f"`opt_state` holds {len(found)} jaxprune sparsity states; pass the one you mean."
+        )
+    return jax.tree.map(_unwrap, found[0].masks, is_leaf=lambda x: x is None or hasattr(
+        x, "get_value"))
