@@ -13,8 +13,8 @@ os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -30,3 +30,12 @@ def _strict_dtypes(request):
     marked = request.node.get_closest_marker("standard_dtypes")
     with jax.numpy_dtype_promotion("standard" if marked else "strict"):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_trace_counter():
+    # chex.assert_max_traces counts per function object across tests; start each test at 0.
+    import chex
+
+    chex.clear_trace_counter()
+    yield

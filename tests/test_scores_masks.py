@@ -86,13 +86,16 @@ def test_norm_matches_numpy(ord_):
     p = _conv_params()
     k = np.asarray(p["conv"]["kernel"])
     got = jaxprune.scores.norm(p, jaxprune.FILTER, ord=ord_)
-    ref = np.linalg.norm(k.reshape(-1, 8), ord=ord_, axis=0) if ord_ == 2 else np.abs(k).sum(
-        (0, 1, 2)
+    ref = (
+        np.linalg.norm(k.reshape(-1, 8), ord=ord_, axis=0)
+        if ord_ == 2
+        else np.abs(k).sum((0, 1, 2))
     )
     np.testing.assert_allclose(np.asarray(got["conv"]["kernel"]).ravel(), ref, rtol=1e-5)
     # Filter-shape groups of the conv: reduce the output axis only.
-    got = jaxprune.scores.norm(p, {"conv": jaxprune.FILTER_SHAPE, "dense": None, "absent": None})
-    assert got["dense"] is None
+    gran = {"conv": {"kernel": jaxprune.FILTER_SHAPE, "bias": None}, "dense": None, "absent": None}
+    got = jaxprune.scores.norm(p, gran, ord=ord_)
+    assert got["dense"]["kernel"] is None and got["conv"]["bias"] is None
     ref = np.linalg.norm(k, ord=ord_, axis=3) if ord_ == 2 else np.abs(k).sum(3)
     np.testing.assert_allclose(got["conv"]["kernel"][..., 0], ref, rtol=1e-5)
 
@@ -113,8 +116,15 @@ def test_reduce_matches_numpy():
 def test_random_scores_shapes_and_determinism():
     p = _conv_params()
     key = jax.random.key(3)
-    s1 = jaxprune.scores.random(key, p, jaxprune.CONNECTION)
-    s2 = jaxprune.scores.random(key, p, jaxprune.CONNECTION)
+    gran = {
+        "conv": {"kernel": jaxprune.CONNECTION, "bias": jaxprune.FILTER},
+        "dense": jaxprune.FILTER,
+        "absent": None,
+    }
+    s1 = jaxprune.scores.random(key, p, gran)
+    s2 = jaxprune.scores.random(key, p, gran)
+    with pytest.raises(ValueError, match="'conv/bias'"):
+        jaxprune.scores.random(key, p, jaxprune.CONNECTION)
     assert s1["conv"]["kernel"].shape == (1, 1, 4, 8)
     chex.assert_trees_all_equal(s1, s2)
     # Leaves draw independent numbers.
@@ -223,8 +233,10 @@ def test_count_kept_and_summary_numbers():
     }
     m = {
         "conv": {"kernel": jnp.array([True, False, True, False]).reshape(1, 1, 1, 4), "bias": None},
-        "fc": {"kernel": jnp.array([[True, True], [False, True], [True, True], [True, True]]),
-               "bias": None},
+        "fc": {
+            "kernel": jnp.array([[True, True], [False, True], [True, True], [True, True]]),
+            "bias": None,
+        },
     }
     kept = jax.jit(jaxprune.count_kept)(p, m)
     assert int(kept["conv"]["kernel"]) == 2 * 18 and int(kept["fc"]["bias"]) == 2

@@ -65,8 +65,16 @@ def map_prunable(f: Callable[..., Any], tree: Any, *rest: Any) -> Any:
 
 
 def path_str(path: Any) -> str:
-    """Formats a JAX key path as a ``'/'``-joined string, e.g. ``'Dense_0/kernel'``."""
-    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+    """Formats a JAX key path as a ``'/'``-joined string, e.g. ``'Dense_0/kernel'``.
+
+    A final ``.value`` attribute (how a Flax NNX ``Variable`` flattens) is dropped, so the
+    kernel of an NNX ``Linear`` named ``fc1`` is ``'fc1/kernel'`` in ``nnx.state(model)`` as
+    in a Linen params dict.
+    """
+    path = tuple(path)
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        path = path[:-1]
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def leaves_with_paths(tree: Any) -> list[tuple[str, Any]]:
@@ -78,9 +86,7 @@ def leaves_with_paths(tree: Any) -> list[tuple[str, Any]]:
 def map_with_path(f: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     """Like :func:`map_prunable`, but ``f`` also receives the leaf's path string first."""
     return jax.tree_util.tree_map_with_path(
-        lambda p, x, *r: (
-            None if x is None or any(y is None for y in r) else f(path_str(p), x, *r)
-        ),
+        lambda p, x, *r: None if x is None or any(y is None for y in r) else f(path_str(p), x, *r),
         tree,
         *rest,
         is_leaf=is_none,
@@ -175,7 +181,9 @@ def check_mask_leaf(path: str, mask: Any, param: Any) -> None:
             f"{dtype if dtype is not None else type(mask).__name__}."
         )
     mshape, pshape = tuple(mask.shape), tuple(param.shape)
-    ok = len(mshape) == len(pshape) and all(m in (1, p) for m, p in zip(mshape, pshape))
+    ok = len(mshape) == len(pshape) and all(
+        m in (1, p) for m, p in zip(mshape, pshape, strict=True)
+    )
     if not ok:
         raise ValueError(
             f"mask at {path!r} has shape {mshape}, which does not broadcast to the parameter "
@@ -199,16 +207,53 @@ def resolve_tree_arg(arg: Any, params: Params) -> Any:
 
 
 def broadcast_prefix(prefix: Any, params: Params, what: str) -> Any:
-    """Broadcasts a prefix tree (e.g. a float for every leaf) to the structure of ``params``.
+    """Broadcasts a prefix tree (e.g. one float per layer) to the structure of ``params``.
 
+    The prefix is matched by *path*, not by container type, so a plain dict prefix fits a
+    Linen params dict, a ``FrozenDict`` or an NNX ``State`` alike: every leaf of ``params``
+    takes the value of the prefix entry whose path is the longest prefix of its own path.
     ``None`` in the prefix stands for a whole subtree of ``None``.
 
+    Args:
+      prefix: A single value, or a tree whose leaves are values for whole subtrees.
+      params: The tree that fixes the structure.
+      what: The argument name used in messages.
+
+    Returns:
+      A tree with the structure of ``params`` (``None`` where ``params`` is ``None``).
+
     Raises:
-      ValueError: If ``prefix`` is not a prefix of the params' structure.
+      ValueError: If an entry of ``prefix`` matches no path of ``params``, or a leaf of
+        ``params`` is not covered by the prefix.
     """
-    try:
-        return jax.tree.broadcast(prefix, params, is_leaf=is_none)
-    except (ValueError, TypeError) as e:
+    entries = leaves_with_paths(prefix)
+    if len(entries) == 1 and entries[0][0] == "":
+        value = entries[0][1]
+        return jax.tree.map(lambda p: None if p is None else value, params, is_leaf=is_none)
+    table = dict(entries)
+    param_paths = [p for p, _ in leaves_with_paths(params)]
+
+    def covers(prefix_path: str, path: str) -> bool:
+        return path == prefix_path or path.startswith(prefix_path + "/")
+
+    unused = [k for k in table if not any(covers(k, p) for p in param_paths)]
+    if unused:
         raise ValueError(
-            f"`{what}` must be a single value or a prefix tree of the params' structure: {e}"
-        ) from e
+            f"`{what}` has entries {unused[:8]} that match no parameter path; parameter paths "
+            f"are e.g. {param_paths[:6]}."
+        )
+
+    def lookup(path: str) -> Any:
+        parts = path.split("/")
+        for n in range(len(parts), -1, -1):
+            key = "/".join(parts[:n])
+            if key in table:
+                return table[key]
+        raise ValueError(
+            f"`{what}` does not cover the parameter {path!r}: give a value (or None) for it "
+            "or for one of its parents."
+        )
+
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: None if x is None else lookup(path_str(p)), params, is_leaf=is_none
+    )

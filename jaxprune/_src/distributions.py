@@ -129,7 +129,9 @@ def _excluded_paths(params: base.Params, exclude: ExcludeSpec) -> set[str]:
     return set(exclude)
 
 
-def _check_mapping(params: base.Params, mapping: Any, what: str) -> dict[str, Any]:
+def _check_mapping(
+    params: base.Params, mapping: Any, what: str, *, allow_schedules: bool = False
+) -> dict[str, Any]:
     if mapping is None:
         return {}
     if not isinstance(mapping, Mapping):
@@ -142,7 +144,8 @@ def _check_mapping(params: base.Params, mapping: Any, what: str) -> dict[str, An
         raise TypeError(f"`{what}` keys must be path strings, got {bad[:5]}.")
     _check_known(params, mapping.keys(), what)
     for path, value in mapping.items():
-        _check_scalar(value, f"{what}[{path!r}]", allow_none=True)
+        if not (allow_schedules and callable(value)):
+            _check_scalar(value, f"{what}[{path!r}]", allow_none=True)
     return dict(mapping)
 
 
@@ -258,9 +261,10 @@ def _erk_densities(sizes: np.ndarray, raw: np.ndarray, sparsity: Any) -> Any:
     eps = jnp.where(div > 0, (budget - jnp.asarray(dense_size, dtype)) / safe, jnp.zeros_like(div))
     valid = (eps * jnp.asarray(max_raw, dtype) <= 1.0).at[-1].set(True)
     k = jnp.argmax(valid)  # First valid number of dense groups.
-    return jnp.where(
-        jnp.asarray(group_of) < k, jnp.ones((), dtype), eps[k] * jnp.asarray(raw, dtype)
-    )
+    # eps * raw <= 1 holds by the validity check; the clip only removes float32 rounding noise
+    # (XLA may reorder the division and the product), e.g. a density of 1 + 3e-8 at s = 0.
+    density = jnp.clip(eps[k] * jnp.asarray(raw, dtype), 0.0, 1.0)
+    return jnp.where(jnp.asarray(group_of) < k, jnp.ones((), dtype), density)
 
 
 def erk(
@@ -417,8 +421,11 @@ def per_path(params: base.Params, mapping: Mapping[str, Any], *, default: Any = 
     Args:
       params: Params-shaped tree of arrays or ``jax.ShapeDtypeStruct``; ``None`` leaves stay
         ``None``.
-      mapping: Dict path -> sparsity (a float, a traced scalar, or ``None`` = not pruned).
-      default: Sparsity of the leaves that are not in ``mapping`` (``None`` = not pruned).
+      mapping: Dict path -> sparsity: a float, a traced scalar, ``None`` (not pruned) or a
+        schedule ``count -> sparsity``, which is passed through unevaluated for the caller
+        (e.g. ``optax_sparsity``) to evaluate at the current step.
+      default: Sparsity of the leaves that are not in ``mapping`` (same kinds of value;
+        ``None`` = not pruned).
 
     Returns:
       A params-shaped tree of sparsities, ``None`` for leaves that are not pruned.
@@ -439,8 +446,9 @@ def per_path(params: base.Params, mapping: Mapping[str, Any], *, default: Any = 
       Han, Pool, Tran & Dally, "Learning both weights and connections for efficient neural
       networks", NeurIPS 2015 (per-layer sparsities from a sensitivity analysis).
     """
-    mapping = _check_mapping(params, mapping, "mapping")
-    _check_scalar(default, "default", allow_none=True)
+    mapping = _check_mapping(params, mapping, "mapping", allow_schedules=True)
+    if not callable(default):
+        _check_scalar(default, "default", allow_none=True)
     return base.map_with_path(lambda p, _: mapping.get(p, default), params)
 
 

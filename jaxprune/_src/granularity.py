@@ -136,12 +136,15 @@ def n_of_m(n: int, m: int, axis: int = -2) -> Granularity:
     m = base.check_int(m, "m", 1)
     if n > m:
         raise ValueError(f"N:M needs n <= m, got n={n}, m={m}.")
-    return Granularity(f"{n}:{m}", reduce=(), min_ndim=1 if axis in (0, -1) else 2, n=n, m=m,
-                       axis=axis)
+    return Granularity(
+        f"{n}:{m}", reduce=(), min_ndim=1 if axis in (0, -1) else 2, n=n, m=m, axis=axis
+    )
 
 
 def reduce_scores(
-    scores: jax.Array, granularity: Granularity | str, reduction: Reduction = "sum",
+    scores: jax.Array,
+    granularity: Granularity | str,
+    reduction: Reduction = "sum",
     path: str = "<leaf>",
 ) -> jax.Array:
     """Reduces element scores to the mask shape of ``granularity``.

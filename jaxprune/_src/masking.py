@@ -31,7 +31,9 @@ def check_masks(params: base.Params, masks: base.Mask) -> None:
       TypeError: If a mask leaf is not a bool array.
     """
     base.check_structure(params, masks, "masks")
-    for (path, p), (_, m) in zip(base.leaves_with_paths(params), base.leaves_with_paths(masks)):
+    for (path, p), (_, m) in zip(
+        base.leaves_with_paths(params), base.leaves_with_paths(masks), strict=True
+    ):
         if m is None:
             continue
         if p is None:
@@ -82,7 +84,12 @@ def apply_masks(
         fn = _straight_through_where
     else:
         fn = lambda m, w: jnp.where(m, w, jnp.zeros((), w.dtype))
-    return base.map_prunable(lambda w, m: fn(m, w), params, masks)
+    return jax.tree.map(
+        lambda w, m: w if (w is None or m is None) else fn(m, w),
+        params,
+        masks,
+        is_leaf=base.is_none,
+    )
 
 
 def full_masks(params: base.Params, masks: base.Mask) -> base.Mask:

@@ -134,9 +134,7 @@ def random(key: jax.Array, params: base.Params, granularity: Any = "unstructured
     return base.map_with_path(draw, params, grans)
 
 
-def norm(
-    params: base.Params, granularity: Any = "filter", ord: int | str = 1
-) -> base.Scores:
+def norm(params: base.Params, granularity: Any = "filter", ord: int | str = 1) -> base.Scores:
     """Scores every group of weights by its L1 or L2 norm (Li et al. 2017 for filters).
 
     Args:

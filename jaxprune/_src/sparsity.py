@@ -83,8 +83,41 @@ def _value_at(value: Any, count: jax.Array) -> Any:
     return value(count) if callable(value) else value
 
 
-def _is_path_mapping(value: Any) -> bool:
-    return isinstance(value, Mapping) and all(isinstance(k, str) and "/" in k for k in value)
+def _ones_mask(path: str, p: Any, g: gran_lib.Granularity) -> jax.Array:
+    """An all-True mask of ``g``'s shape for ``p``, sharded like the masks selection makes.
+
+    ``ones_like`` (and reductions of it) keep an explicitly sharded parameter's sharding on
+    the kept axes, so the masks of ``init`` and of a recomputation have the same type.
+    """
+    shape = g.mask_shape(tuple(p.shape), path)
+    ones = jnp.ones_like(p, dtype=jnp.bool_)
+    reduced = tuple(a for a, (m, d) in enumerate(zip(shape, p.shape, strict=True)) if m != d)
+    return jnp.all(ones, axis=reduced, keepdims=True) if reduced else ones
+
+
+def _like(new: jax.Array, old: jax.Array) -> jax.Array:
+    """Gives ``new`` the (explicit) sharding of ``old`` when they differ, so that both
+    branches of the update ``lax.cond`` have one type."""
+    try:
+        want, got = jax.typeof(old).sharding, jax.typeof(new).sharding
+    except (AttributeError, TypeError):  # pragma: no cover - older JAX
+        return new
+    if want.mesh.empty or want == got:
+        return new
+    return jax.sharding.reshard(new, want.spec)
+
+
+def _array_every(every: Any, begin: Any, end: Any) -> Callable[[jax.Array], jax.Array]:
+    """Like ``schedules.every`` for step arguments that are (possibly traced) arrays."""
+
+    def predicate(count):
+        t = jnp.asarray(count, jnp.int32)
+        n = jnp.maximum(jnp.asarray(every, jnp.int32), 1)
+        b = jnp.asarray(begin, jnp.int32)
+        ok = (t >= b) & (jnp.remainder(t - b, n) == 0)
+        return ok if end is None else ok & (t <= jnp.asarray(end, jnp.int32))
+
+    return predicate
 
 
 def optax_sparsity(
@@ -214,20 +247,26 @@ def optax_sparsity(
     else:
         dist_fn = None
     if update_when is None:
-        update_when = sched_lib.every(update_every, begin_step=begin_step, end_step=end_step)
+        step_args = (update_every, begin_step, end_step)
+        if all(v is None or isinstance(v, int) for v in step_args):
+            update_when = sched_lib.every(update_every, begin_step=begin_step, end_step=end_step)
+        else:  # Arrays, e.g. hyperparameters injected by optax.inject_hyperparams.
+            update_when = _array_every(update_every, begin_step, end_step)
     if base.is_concrete(min_keep):
         min_keep = base.check_int(min_keep, "min_keep")
 
     def init_fn(params):
         flags = _prunable_flags(prunable, params)
-        grans = gran_lib.resolve_granularity_tree(granularity, _only_prunable(params, flags))
-        masks = base.map_with_path(
-            lambda path, p, g: jnp.ones(g.mask_shape(tuple(p.shape), path), jnp.bool_),
-            params,
-            grans,
-        )
+        pp = _only_prunable(params, flags)
+        # Leaves whose target is statically None (per-path dicts, prefix trees) stay dense.
         if per_path:
-            dist_lib.per_path(_only_prunable(params, flags), distribution)  # validates paths
+            pp = base.map_prunable(lambda p, s: p, pp, dist_lib.per_path(pp, distribution))
+        elif isinstance(sparsity, (Mapping, list, tuple)):
+            pp = base.map_prunable(
+                lambda p, s: p, pp, base.broadcast_prefix(sparsity, pp, "sparsity")
+            )
+        grans = gran_lib.resolve_granularity_tree(granularity, pp)
+        masks = base.map_with_path(_ones_mask, pp, grans)
         return SparsityState(count=jnp.zeros([], jnp.int32), masks=masks)
 
     def targets(prunable_params, count):
@@ -253,8 +292,10 @@ def optax_sparsity(
         target = targets(prunable_params, count)
         if select_fn is not None:
             return select_fn(scores, target)
-        if distribution == "global" and not per_path and not isinstance(
-            sparsity, (Mapping, list, tuple)
+        if (
+            distribution == "global"
+            and not per_path
+            and not isinstance(sparsity, (Mapping, list, tuple))
         ):
             return select_lib.global_topk(scores, target, min_keep=min_keep, method=method)
         return select_lib.layerwise_topk(scores, target, min_keep=min_keep, method=method)
@@ -287,7 +328,7 @@ def optax_sparsity(
             new = select(scores, p, count)
             base.check_structure(old_masks, new, "selected masks")
             return jax.tree.map(
-                lambda n, o: None if o is None else n.reshape(o.shape),
+                lambda n, o: None if o is None else _like(n.reshape(o.shape), o),
                 new,
                 old_masks,
                 is_leaf=base.is_none,
@@ -401,9 +442,7 @@ def dynamic_network_surgery(
             return factor * jnp.maximum(mu + jnp.asarray(c, jnp.float32) * sigma, 0.0)
 
         low = base.map_prunable(functools.partial(one, factor=low_factor), params, masks, rates)
-        high = base.map_prunable(
-            functools.partial(one, factor=high_factor), params, masks, rates
-        )
+        high = base.map_prunable(functools.partial(one, factor=high_factor), params, masks, rates)
         return low, high
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -494,5 +533,6 @@ def masks(opt_state: Any) -> base.Mask:
         raise ValueError(
             f"`opt_state` holds {len(found)} jaxprune sparsity states; pass the one you mean."
         )
-    return jax.tree.map(_unwrap, found[0].masks, is_leaf=lambda x: x is None or hasattr(
-        x, "get_value"))
+    return jax.tree.map(
+        _unwrap, found[0].masks, is_leaf=lambda x: x is None or hasattr(x, "get_value")
+    )

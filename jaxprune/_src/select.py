@@ -1,0 +1,805 @@
+"""Score -> mask selection: exact top-k (per leaf and global), thresholds, N:M, hysteresis.
+
+Every selector maps a params-shaped tree of scores (``None`` = not scored, never pruned) to a
+bool mask tree of the same structure; ``True`` marks kept entries.
+
+How the exact top-k works (no sort anywhere; XLA:CPU sorts ~30x slower than NumPy, and a sort
+gathers a sharded array onto every device):
+
+1. Each float score becomes an order-preserving ``uint32`` key (NaN -> ``-inf``, ``-0.0`` ->
+   ``+0.0``, then flip the bits of negatives and set the sign bit of non-negatives).
+2. The k-th largest key is found exactly, leaf by leaf without concatenating: either by a
+   *radix select* (4 passes of a 256-bin histogram of one 8-bit digit, summed over leaves) or by
+   a *bisection* (32 rounds of ``sum(key >= candidate)``; GSPMD partitions it into a local count
+   plus a scalar all-reduce per round, so it runs on explicitly sharded scores).
+3. The mask keeps ``key > t`` plus exactly the needed number of ``key == t`` ties, those with
+   the lowest global index (tree leaf order, then row-major), which makes the mask identical to
+   ``lax.top_k`` + scatter. The tie cut-off costs nothing unless there are excess ties
+   (``lax.cond``): then it walks the ties one reduction per tie when few are involved, or
+   bisects over the global index (``ceil(log2 n)`` reductions) when many are.
+
+The number of dropped entries is ``floor(s * n)`` computed *exactly* in integer arithmetic for
+the float32 value of ``s`` (a float32 product would be off by one or more for ``n > 2**24``), so a
+traced sparsity gives the same count as a Python float rounded to float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxprune._src import base
+
+Method = Literal["auto", "radix", "bisect"]
+
+_METHODS = ("auto", "radix", "bisect")
+_KEY_MAX = 0xFFFFFFFF  # Above every real key (+inf maps to 0xFF800000): "forced" entries.
+_INT_MAX = 2**31 - 1  # "No cut-off" sentinel for the global index.
+_MAX_ENTRIES = 2**31 - 2  # Global indices and counts are int32.
+
+
+# ---------------------------------------------------------------------------------------
+# Keys, indices and exact counts.
+
+
+def _as_f32(x: jax.Array) -> jax.Array:
+    """Float32 copy of ``x`` with NaN -> -inf and -0.0 -> +0.0 (the order every selector uses)."""
+    x = jnp.asarray(x)
+    if x.dtype != jnp.float32:
+        x = x.astype(jnp.float32)
+    x = jnp.where(jnp.isnan(x), -jnp.inf, x)
+    return jnp.where(x == 0, 0.0, x)
+
+
+def _order_keys(x: jax.Array) -> jax.Array:
+    """Maps floats to ``uint32`` keys with ``key(a) > key(b)`` iff ``a > b`` (NaN lowest)."""
+    u = lax.bitcast_convert_type(_as_f32(x), jnp.uint32)
+    return jnp.where(u >= jnp.uint32(0x80000000), ~u, u | jnp.uint32(0x80000000))
+
+
+def _flat_index(shape: tuple[int, ...], offset: int = 0) -> jax.Array:
+    """Row-major flat index of every entry of an array of ``shape``, plus ``offset`` (int32)."""
+    if not shape:
+        return jnp.full((), offset, jnp.int32)
+    idx = jnp.full(shape, offset, jnp.int32) if offset else None
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        if shape[axis] > 1:
+            term = lax.broadcasted_iota(jnp.int32, shape, axis)
+            term = term * stride if stride != 1 else term
+            idx = term if idx is None else idx + term
+        stride *= shape[axis]
+    return jnp.zeros(shape, jnp.int32) if idx is None else idx
+
+
+def _floor_mul(s: jax.Array, n: int) -> jax.Array:
+    """Returns ``floor(s * n)`` exactly, for a float32 scalar ``s`` and a static ``0 <= n < 2**31``.
+
+    ``s`` is decomposed as ``mantissa * 2**-r`` and the 55-bit product ``mantissa * n`` is
+    formed from 16-bit limbs in ``uint32`` (x64 is off). ``s <= 0`` gives 0 and ``s >= 1``
+    gives ``n`` (a traced value cannot be checked; concrete values are checked by the callers).
+    """
+    s = jnp.asarray(s, jnp.float32)
+    bits = lax.bitcast_convert_type(s, jnp.uint32)
+    exp = (bits >> 23) & jnp.uint32(0xFF)
+    frac = bits & jnp.uint32(0x7FFFFF)
+    mant = jnp.where(exp > 0, frac | jnp.uint32(0x800000), frac)
+    # s = mant * 2**-r with r = 150 - max(exp, 1); s < 1 means r >= 24.
+    r = jnp.uint32(150) - jnp.maximum(exp, jnp.uint32(1))
+    nh, nl = jnp.uint32(n >> 16), jnp.uint32(n & 0xFFFF)
+    mh, ml = mant >> 16, mant & jnp.uint32(0xFFFF)
+    a = ml * nl  # < 2**32
+    b = mh * nl + ml * nh  # < 2**24 + 2**31
+    c = mh * nh  # < 2**23
+    lo = a + (b << 16)
+    hi = c + (b >> 16) + (lo < a).astype(jnp.uint32)
+    r_small = jnp.clip(r, jnp.uint32(24), jnp.uint32(31))
+    below_32 = (lo >> r_small) | (hi << (jnp.uint32(32) - r_small))
+    below_64 = hi >> jnp.clip(r, jnp.uint32(32), jnp.uint32(63)) - jnp.uint32(32)
+    q = jnp.where(r < 32, below_32, jnp.where(r < 64, below_64, jnp.uint32(0)))
+    q = jnp.where((bits >> 31) == 1, jnp.uint32(0), q)  # negative (or -0.0)
+    q = jnp.where(s >= 1, jnp.uint32(n), q)
+    return q.astype(jnp.int32)
+
+
+def _num_keep(sparsity: jax.Array, n: int, floor: int) -> jax.Array:
+    """``max(n - floor(sparsity * n), floor)`` as an int32 scalar."""
+    return jnp.maximum(jnp.int32(n) - _floor_mul(sparsity, n), jnp.int32(floor))
+
+
+# ---------------------------------------------------------------------------------------
+# Validation.
+
+
+def _check_method(method: Any) -> None:
+    if method not in _METHODS:
+        raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
+
+
+def _scalar(value: Any, name: str, *, fraction: bool = True) -> jax.Array:
+    """Validates a (possibly traced) scalar argument and returns it as a float32 array."""
+    if value is None or callable(value) or isinstance(value, (str, bytes)):
+        raise TypeError(
+            f"`{name}` must be a number or a scalar array, got {value!r}"
+            + (" (evaluate schedules before selecting)." if callable(value) else ".")
+        )
+    if isinstance(value, (dict, list, tuple)):
+        raise TypeError(f"`{name}` must be a number or a scalar array, got a {type(value)}.")
+    if np.ndim(value) != 0:
+        raise ValueError(f"`{name}` must be a scalar, got shape {np.shape(value)}.")
+    dtype = np.asarray(value).dtype if base.is_concrete(value) else value.dtype
+    if not (jnp.issubdtype(dtype, jnp.number) or dtype == jnp.bool_):
+        raise TypeError(f"`{name}` must be a real number, got dtype {dtype}.")
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(f"`{name}` must be a real number, got dtype {dtype}.")
+    if fraction:
+        base.check_fraction(value, name)
+    elif base.is_concrete(value) and np.isnan(np.asarray(value, np.float64)):
+        raise ValueError(f"`{name}` must not be NaN.")
+    return jnp.asarray(value, jnp.float32)
+
+
+def _check_scores(path: str, x: Any) -> None:
+    base.check_float_leaf(path, x, "scores leaf")
+
+
+def _check_size(n: int, what: str) -> None:
+    if n > _MAX_ENTRIES:
+        raise ValueError(
+            f"{what} has {n} entries; exact selection supports at most {_MAX_ENTRIES} (int32 "
+            "indices). Select per layer or per shard."
+        )
+
+
+def _explicit_spec(x: Any) -> Any:
+    """Returns the explicit (non-replicated) sharding spec of ``x``, or ``None``."""
+    try:
+        spec = jax.typeof(x).sharding.spec
+    except (AttributeError, TypeError):
+        return None
+    return spec if any(s is not None for s in spec) else None
+
+
+def _resolve_method(method: str, items: list[tuple[str, jax.Array]]) -> str:
+    explicit = [(p, _explicit_spec(x)) for p, x in items]
+    explicit = [(p, s) for p, s in explicit if s is not None]
+    if method == "auto":
+        return "bisect" if explicit else "radix"
+    if method == "radix" and explicit:
+        path, spec = explicit[0]
+        raise ValueError(
+            f"method='radix' cannot histogram the explicitly sharded scores at {path!r} (spec "
+            f"{spec}); use method='bisect' or 'auto', which count with a scalar all-reduce."
+        )
+    return method
+
+
+# ---------------------------------------------------------------------------------------
+# The k-th largest key over a list of leaves.
+
+
+class _Keys:
+    """The ``uint32`` keys of one leaf, rebuilt from the scores wherever they are used.
+
+    Calling the object traces the key computation again, inside each histogram pass, loop body
+    and ``lax.cond`` branch, so that XLA fuses it into the consumer instead of storing a key
+    array (and ``cond`` operands stay the score arrays themselves).
+
+    Attributes:
+      shape: The leaf's shape.
+      fn: A function of no arguments returning the keys (``uint32``, shaped ``shape``).
+    """
+
+    def __init__(self, shape: tuple[int, ...], fn: Any):
+        self.shape = tuple(shape)
+        self.fn = fn
+
+    def __call__(self) -> jax.Array:
+        return self.fn()
+
+
+def _score_keys(x: jax.Array, forced: Any = None) -> _Keys:
+    """Keys of the scores ``x``; ``forced`` entries get ``_KEY_MAX`` (a per-leaf floor).
+
+    ``forced`` is ``None``, ``"all"``, or ``(t, cut)`` scalars naming the entries with
+    ``key > t``, or ``key == t`` and flat index ``< cut``.
+    """
+    shape = tuple(np.shape(x))
+    if forced == "all":
+        return _Keys(shape, lambda: jnp.full(shape, _KEY_MAX, jnp.uint32))
+    if forced is None:
+        return _Keys(shape, lambda: _order_keys(x))
+
+    def fn():
+        key = _order_keys(x)
+        t, cut = forced
+        hit = (key > t) | ((key == t) & (_flat_index(shape) < cut))
+        return jnp.where(hit, jnp.uint32(_KEY_MAX), key)
+
+    return _Keys(shape, fn)
+
+
+def _digit_plan(bits: int, n: int) -> list[int]:
+    """Digit widths (summing to ``bits``) for a radix select over ``n`` entries.
+
+    Big inputs use up to 16-bit digits (2 passes for 32 bits: fewer data passes, fewer ops to
+    compile); small ones 8-bit digits, so that the histogram work stays below the data size.
+    """
+    width = 16 if n >= 2**16 else 8
+    passes = -(-bits // width)
+    base_width, extra = divmod(bits, passes)
+    return [base_width + (i < extra) for i in range(passes)]
+
+
+def _pick_digit(hist: jax.Array, need: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Returns the digit ``d`` holding the ``need``-th largest entry of a histogram.
+
+    Also returns ``hist[d]`` and ``need`` minus the entries above ``d``. Suffix sums come from
+    ``w x w`` triangles (no ``cumsum``, which is slow to compile on XLA:CPU); histograms wider
+    than 256 bins are searched in two levels (256-bin blocks, then one block).
+    """
+    w = hist.shape[0]
+    if w > 256:
+        block = 256
+        totals = jnp.sum(hist.reshape(w // block, block), axis=1)
+        b, _, need = _pick_digit(totals, need)
+        d, ties, need = _pick_digit(lax.dynamic_slice(hist, (b * block,), (block,)), need)
+        return b * block + d, ties, need
+    r = jnp.arange(w, dtype=jnp.int32)
+    suffix = jnp.sum(jnp.where(r[None, :] >= r[:, None], hist[None, :], 0), axis=1)
+    d = jnp.sum(suffix >= need, dtype=jnp.int32) - 1
+    ties = jnp.sum(jnp.where(r == d, hist, 0))
+    return d, ties, need - jnp.sum(jnp.where(r > d, hist, 0))
+
+
+def _kth_radix(
+    leaves: list[_Keys], k: jax.Array, bits: int, n: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Radix select: returns ``(t, need, ties)`` for the k-th largest key (``1 <= k <= n``).
+
+    Keys must be ``< 2**bits``. ``t`` is the k-th largest key, ``ties = count(key == t)`` and
+    ``need`` (in ``[1, ties]``) is how many of those ties belong to the top k. Each pass
+    histograms one digit of the entries whose higher digits equal the prefix found so far,
+    scattering every leaf into the same histogram.
+    """
+    prefix, need, ties = jnp.uint32(0), k, jnp.int32(0)
+    done = 0
+    for width_bits in _digit_plan(bits, n):
+        shift = bits - done - width_bits
+        width = 1 << width_bits
+        hist = jnp.zeros((width,), jnp.int32)
+        for leaf in leaves:  # one histogram, updated in place leaf after leaf
+            key = leaf()
+            digit = ((key >> shift) & jnp.uint32(width - 1)).astype(jnp.int32)
+            if done:  # entries off the prefix get an out-of-range bin and are dropped
+                high = jnp.uint32(((1 << done) - 1) << (bits - done))
+                digit = jnp.where((key & high) == prefix, digit, width)
+            hist = hist.at[jnp.ravel(digit)].add(1, mode="drop")
+        d, ties, need = _pick_digit(hist, need)
+        prefix = prefix | (d.astype(jnp.uint32) << shift)
+        done += width_bits
+    return prefix, need, ties
+
+
+def _count(leaves: list[_Keys], pred: Any) -> jax.Array:
+    return functools.reduce(
+        jnp.add, [jnp.sum(pred(leaf()), dtype=jnp.int32) for leaf in leaves], jnp.int32(0)
+    )
+
+
+def _kth_bisect(
+    leaves: list[_Keys], k: jax.Array, bits: int, n: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Bit-by-bit bisection: same result as :func:`_kth_radix` with ``bits + 1`` count passes.
+
+    Round ``i`` tries setting bit ``bits - 1 - i`` of the answer and keeps it if at least ``k``
+    keys are ``>=`` the candidate; each round is a count, which GSPMD partitions into a local
+    reduction plus a scalar all-reduce.
+    """
+
+    def body(i, carry):
+        t, count_ge_t = carry
+        cand = t | (jnp.uint32(1) << (bits - 1 - i).astype(jnp.uint32))
+        c = _count(leaves, lambda key: key >= cand)
+        ok = c >= k
+        return jnp.where(ok, cand, t), jnp.where(ok, c, count_ge_t)
+
+    t, count_ge_t = lax.fori_loop(0, bits, body, (jnp.uint32(0), jnp.int32(n)))
+    count_gt_t = _count(leaves, lambda key: key > t)
+    return t, k - count_gt_t, count_ge_t - count_gt_t
+
+
+def _kth(
+    leaves: list[_Keys], k: jax.Array, bits: int, n: int, method: str
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    kth = _kth_radix if method == "radix" else _kth_bisect
+    return kth(leaves, k, bits, n)
+
+
+def _find_cutoff(leaves: list[_Keys], k: jax.Array, method: str) -> tuple[jax.Array, jax.Array]:
+    """Returns ``(t, cut)``: the top ``k`` are ``key > t`` or ``key == t`` with ``gidx < cut``.
+
+    ``gidx`` is the global index (leaf order, then row-major). ``k`` is clipped to ``[0, n]``;
+    ``k = 0`` gives a cut-off that keeps nothing (provided no key equals ``_KEY_MAX``).
+
+    When more entries tie at ``t`` than are needed, a second selection (only then, under
+    ``lax.cond``) finds the ``need``-th lowest index among the ties: it is the ``need``-th
+    largest of ``2**nbits - gidx`` over the ties (0 elsewhere), found with the same method.
+    """
+    sizes = [int(np.prod(leaf.shape, dtype=np.int64)) for leaf in leaves]
+    n = sum(sizes)
+    if n == 0:
+        return jnp.uint32(_KEY_MAX), jnp.int32(0)
+    offsets = [int(o) for o in np.cumsum([0, *sizes[:-1]])]
+    live = [(leaf, off) for leaf, off, size in zip(leaves, offsets, sizes, strict=True) if size]
+    k_eff = jnp.clip(k, 1, n).astype(jnp.int32)
+    t, need, ties = _kth([leaf for leaf, _ in live], k_eff, 32, n, method)
+    nbits = max(1, (n - 1).bit_length())  # every global index is < 2**nbits
+
+    def index_keys(leaf, off):
+        def fn():
+            rev = jnp.uint32(2**nbits) - _flat_index(leaf.shape, off).astype(jnp.uint32)
+            return jnp.where(leaf() == t, rev, jnp.uint32(0))
+
+        return _Keys(leaf.shape, fn)
+
+    def tie_cut():
+        rev_t, _, _ = _kth([index_keys(*lo) for lo in live], need, nbits + 1, n, method)
+        return (jnp.uint32(2**nbits + 1) - rev_t).astype(jnp.int32)
+
+    cut = lax.cond(ties > need, tie_cut, lambda: jnp.int32(_INT_MAX))
+    t = jnp.where(k > 0, t, jnp.uint32(_KEY_MAX))
+    cut = jnp.where(k > 0, cut, 0)
+    return t, cut
+
+
+def _masks(leaves: list[_Keys], t: jax.Array, cut: jax.Array) -> list[jax.Array]:
+    """The bool masks of the cut-off ``(t, cut)`` (global index = leaf order, row-major)."""
+    out, offset = [], 0
+    for leaf in leaves:
+        key = leaf()
+        out.append((key > t) | ((key == t) & (_flat_index(leaf.shape, offset) < cut)))
+        offset += int(np.prod(leaf.shape, dtype=np.int64))
+    return out
+
+
+def _topk_leaf(x: jax.Array, sparsity: jax.Array, min_keep: int, method: str) -> jax.Array:
+    n = int(np.prod(np.shape(x), dtype=np.int64))
+    k = _num_keep(sparsity, n, min(min_keep, n))
+    leaf = _score_keys(x)
+    t, cut = _find_cutoff([leaf], k, method)
+    return _masks([leaf], t, cut)[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Public API.
+
+
+def topk_mask(
+    scores: jax.Array, sparsity: Any, *, min_keep: int = 0, method: Method = "auto"
+) -> jax.Array:
+    """Keeps the largest scores of one array, dropping exactly ``floor(sparsity * n)``.
+
+    Exactly ``max(n - floor(sparsity * n), min(min_keep, n))`` entries are kept (``n =
+    scores.size``): the largest scores, ties broken by keeping the lowest flat (row-major)
+    index first, so the mask equals ``lax.top_k`` + scatter. NaN counts as the lowest score and
+    ``-0.0`` equals ``0.0``. Scores are compared in float32 (bf16/f16 are upcast exactly).
+
+    ``sparsity`` may be traced: changing it never recompiles. It is rounded to float32 and
+    ``floor(sparsity * n)`` is then computed exactly. Nothing is sorted (see the module
+    docstring): the k-th largest score is found by a radix select or a bisection.
+
+    Args:
+      scores: A floating-point array of any shape (0-d and empty included).
+      sparsity: Fraction of entries to drop, in ``[0, 1]``; a Python number or a scalar array
+        (concrete values are checked; a traced value outside ``[0, 1]`` acts like the nearest
+        end).
+      min_keep: Keep at least ``min(min_keep, n)`` entries whatever the sparsity.
+      method: ``"radix"`` (histograms; fastest on CPU), ``"bisect"`` (32 counting passes;
+        partitions into scalar all-reduces on sharded scores) or ``"auto"`` (``"bisect"`` for
+        scores with an explicit non-replicated sharding, else ``"radix"``). Both give the same
+        mask.
+
+    Returns:
+      A bool array shaped like ``scores``; ``True`` marks kept entries.
+
+    Raises:
+      TypeError: If ``scores`` is not a floating-point array, or ``sparsity`` is not a number.
+      ValueError: If a concrete ``sparsity`` lies outside ``[0, 1]``, ``min_keep < 0`` or
+        ``method`` is unknown.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune import select
+      >>> select.topk_mask(jnp.array([0.3, 0.1, 0.4, 0.1]), 0.5)
+      Array([ True, False,  True, False], dtype=bool)
+      >>> select.topk_mask(jnp.array([0.2, 0.2, 0.2]), 0.5)  # ties: lowest index first
+      Array([ True,  True, False], dtype=bool)
+    """
+    _check_scores("scores", scores)
+    _check_method(method)
+    min_keep = base.check_int(min_keep, "min_keep", 0)
+    s = _scalar(sparsity, "sparsity")
+    _check_size(int(np.prod(np.shape(scores), dtype=np.int64)), "`scores`")
+    return _topk_leaf(scores, s, min_keep, _resolve_method(method, [("scores", scores)]))
+
+
+def layerwise_topk(
+    scores: base.Scores, sparsity: base.Sparsity, *, min_keep: int = 1, method: Method = "auto"
+) -> base.Mask:
+    """Applies :func:`topk_mask` to every leaf: each layer keeps its own top ``1 - sparsity``.
+
+    This is the per-layer (uniform or distribution-driven) magnitude pruning of Han et al.,
+    "Learning both weights and connections for efficient neural networks", NeurIPS 2015, in
+    its target-density form, and of Zhu & Gupta, "To prune, or not to prune", 2017.
+
+    Args:
+      scores: A tree of float score arrays; ``None`` leaves are not pruned (mask ``None``).
+      sparsity: One fraction for every leaf, or a prefix tree of them (Python numbers or
+        traced scalars) with ``None`` for subtrees that stay unpruned (mask ``None``).
+      min_keep: Per-layer floor: a leaf keeps at least ``min(min_keep, leaf.size)`` entries,
+        so no layer is pruned away entirely unless ``min_keep=0``.
+      method: ``"auto"``, ``"radix"`` or ``"bisect"``, as for :func:`topk_mask`.
+
+    Returns:
+      A bool mask tree with the structure of ``scores``.
+
+    Raises:
+      TypeError: If a scores leaf is not floating point (the message names its path).
+      ValueError: If ``sparsity`` is not a prefix of the scores' structure, or a concrete value
+        lies outside ``[0, 1]`` (the message names the path).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune import select
+      >>> scores = {"a": jnp.array([1.0, 3.0, 2.0, 0.0]), "b": jnp.array([5.0, 4.0]), "c": None}
+      >>> mask = select.layerwise_topk(scores, {"a": 0.5, "b": None, "c": None})
+      >>> mask["a"], mask["b"], mask["c"]
+      (Array([False,  True,  True, False], dtype=bool), None, None)
+    """
+    _check_method(method)
+    min_keep = base.check_int(min_keep, "min_keep", 0)
+    sparsity_tree = base.broadcast_prefix(sparsity, scores, "sparsity")
+
+    def one(path, x, s):
+        _check_scores(path, x)
+        s = _scalar(s, f"sparsity[{path!r}]")
+        _check_size(int(np.prod(np.shape(x), dtype=np.int64)), f"scores leaf {path!r}")
+        return _topk_leaf(x, s, min_keep, _resolve_method(method, [(path, x)]))
+
+    return base.map_with_path(one, scores, sparsity_tree)
+
+
+def global_topk(
+    scores: base.Scores, sparsity: Any, *, min_keep: int = 1, method: Method = "auto"
+) -> base.Mask:
+    """Ranks every scored entry of the tree together and keeps the global top ``1 - sparsity``.
+
+    With ``n`` scored entries in all, exactly ``max(n - floor(sparsity * n), forced)`` entries
+    are kept, where each leaf first keeps its own ``min(min_keep, leaf.size)`` best entries
+    (``forced`` is their total) and the rest go by global rank. Ties are broken by the lowest
+    global index (tree leaf order, then row-major), so without the floor the mask equals
+    ``lax.top_k`` + scatter on the concatenated scores, which are never actually built.
+
+    Scores of different layers must be comparable (normalize them first if they are not).
+    Global magnitude pruning appears in Han et al. (NeurIPS 2015) and as the "global"
+    distribution of Zhu & Gupta (2017); the per-layer floor follows network slimming practice
+    (Liu et al., ICCV 2017) of never removing a layer.
+
+    Args:
+      scores: A tree of float score arrays; ``None`` leaves are not scored and get a ``None``
+        mask.
+      sparsity: One fraction in ``[0, 1]`` (a Python number or a scalar array, possibly traced).
+      min_keep: Per-leaf floor, see above; ``0`` lets a leaf lose every entry.
+      method: ``"auto"``, ``"radix"`` or ``"bisect"``, as for :func:`topk_mask`.
+
+    Returns:
+      A bool mask tree with the structure of ``scores``.
+
+    Raises:
+      TypeError: If a scores leaf is not floating point (the message names its path) or
+        ``sparsity`` is not a number.
+      ValueError: If a concrete ``sparsity`` lies outside ``[0, 1]``, or there are more than
+        ``2**31 - 2`` scored entries.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune import select
+      >>> scores = {"a": jnp.array([0.1, 0.2]), "b": jnp.array([3.0, 1.0, 2.0]), "c": None}
+      >>> mask = select.global_topk(scores, 0.6)  # keep 2 of 5, but at least 1 per leaf
+      >>> mask["a"], mask["b"], mask["c"]
+      (Array([False,  True], dtype=bool), Array([ True, False, False], dtype=bool), None)
+    """
+    _check_method(method)
+    min_keep = base.check_int(min_keep, "min_keep", 0)
+    s = _scalar(sparsity, "sparsity")
+    items = [(p, x) for p, x in base.leaves_with_paths(scores) if x is not None]
+    for path, x in items:
+        _check_scores(path, x)
+    method = _resolve_method(method, items)
+    sizes = [int(np.prod(np.shape(x), dtype=np.int64)) for _, x in items]
+    n = sum(sizes)
+    _check_size(n, "`scores`")
+    forced = [min(min_keep, size) for size in sizes]
+
+    leaves = []
+    for (_, x), size, m in zip(items, sizes, forced, strict=True):
+        if m == 0:
+            leaves.append(_score_keys(x))
+        elif m == size:
+            leaves.append(_score_keys(x, "all"))
+        elif m == 1:  # the leaf's best entry: its maximum key, lowest index among equals
+            key = _order_keys(x)
+            best = jnp.max(key)
+            first = jnp.min(jnp.where(key == best, _flat_index(key.shape), _INT_MAX))
+            leaves.append(_score_keys(x, (best, first + 1)))
+        else:
+            own = _find_cutoff([_score_keys(x)], jnp.int32(m), method)
+            leaves.append(_score_keys(x, own))
+    t, cut = _find_cutoff(leaves, _num_keep(s, n, sum(forced)), method)
+    masks = iter(_masks(leaves, t, cut))
+    return base.map_prunable(lambda _: next(masks), scores)
+
+
+def threshold(scores: base.Scores, t: Any, *, strict: bool = True) -> base.Mask:
+    """Keeps the entries whose score exceeds a threshold: ``score > t`` (or ``>= t``).
+
+    The strict form is the one of the network slimming code (Liu et al., ICCV 2017); with
+    ties at ``t`` the kept count depends on the choice, use :func:`topk_mask` for exact counts.
+    NaN scores are dropped.
+
+    Args:
+      scores: A tree of float score arrays; ``None`` leaves give ``None`` masks.
+      t: One threshold for every leaf or a prefix tree of them (scalars, possibly traced;
+        ``None`` = unpruned subtree).
+      strict: ``True`` keeps ``score > t``; ``False`` keeps ``score >= t``.
+
+    Returns:
+      A bool mask tree with the structure of ``scores``.
+
+    Raises:
+      TypeError: If a scores leaf is not floating point (the message names its path).
+      ValueError: If ``t`` is not a prefix of the scores' structure or not a scalar.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune import select
+      >>> select.threshold({"w": jnp.array([0.5, 1.0, 2.0])}, 1.0, strict=False)["w"]
+      Array([False,  True,  True], dtype=bool)
+    """
+    t_tree = base.broadcast_prefix(t, scores, "t")
+
+    def one(path, x, tv):
+        _check_scores(path, x)
+        tv = _scalar(tv, f"t[{path!r}]", fraction=False)
+        x = _as_f32(x)
+        return x > tv if strict else x >= tv
+
+    return base.map_with_path(one, scores, t_tree)
+
+
+def std_threshold(
+    scores: base.Params, q: Any, *, reference: base.Params | None = None
+) -> base.Mask:
+    """Han et al.'s per-layer rule: keeps ``|w| > q * std(w)`` in every leaf.
+
+    From Han, Pool, Tran, Dally, "Learning both weights and connections for efficient neural
+    networks", NeurIPS 2015 (Sec. 4: the threshold is a quality parameter times the standard
+    deviation of the layer's weights). Pass the *parameters* (not their magnitudes) as
+    ``scores``: the standard deviation (``ddof=0``) is taken over the leaf's values. Distiller's
+    implementation computes the standard deviation once on the dense weights and keeps the
+    threshold fixed over pruning iterations: pass those weights as ``reference``.
+
+    Args:
+      scores: A tree of float parameter arrays; ``None`` leaves give ``None`` masks.
+      q: The quality parameter(s): a non-negative scalar or a prefix tree of them (``None`` =
+        unpruned subtree); may be traced.
+      reference: Optional tree with the structure of ``scores`` whose leaves' standard
+        deviations are used instead (a ``None`` reference leaf leaves that leaf unpruned).
+
+    Returns:
+      A bool mask tree with the structure of ``scores``.
+
+    Raises:
+      TypeError: If a leaf is not floating point (the message names its path).
+      ValueError: If ``q`` or ``reference`` does not match the scores' structure, or a concrete
+        ``q`` is negative or NaN.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune import select
+      >>> w = {"k": jnp.array([-2.0, -0.1, 0.0, 0.1, 2.0])}  # std(w) = 1.265
+      >>> select.std_threshold(w, 1.0)["k"]
+      Array([ True, False, False, False,  True], dtype=bool)
+    """
+    q_tree = base.broadcast_prefix(q, scores, "q")
+    if reference is None:
+        reference = scores
+    else:
+        base.check_structure(scores, reference, "reference")
+
+    def one(path, x, qv, ref):
+        _check_scores(path, x)
+        base.check_float_leaf(path, ref, "reference leaf")
+        name = f"q[{path!r}]"
+        qv = _scalar(qv, name, fraction=False)
+        if base.is_concrete(qv) and float(qv) < 0:
+            raise ValueError(f"`{name}` must be >= 0, got {float(qv)}.")
+        std = jnp.std(jnp.asarray(ref).astype(jnp.float32))
+        return jnp.abs(_as_f32(x)) > qv * std
+
+    return base.map_with_path(one, scores, q_tree, reference)
+
+
+def _check_n_of_m(n: Any, m: Any) -> tuple[int, int]:
+    n = base.check_int(n, "n", 0)
+    m = base.check_int(m, "m", 1)
+    if n > m:
+        raise ValueError(f"N:M needs n <= m, got n={n}, m={m}.")
+    return n, m
+
+
+def _n_of_m_leaf(x: jax.Array, n: int, m: int, axis: int, path: str) -> jax.Array:
+    _check_scores(path, x)
+    shape = tuple(np.shape(x))
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError(
+            f"N:M sparsity {n}:{m} runs along axis {axis}, but {path!r} has shape {shape} "
+            f"(rank {len(shape)})."
+        )
+    ax = axis % len(shape)
+    if shape[ax] % m:
+        raise ValueError(
+            f"N:M sparsity {n}:{m} runs along axis {axis} of {path!r}, whose size {shape[ax]} is "
+            f"not divisible by M={m}."
+        )
+    if n == m or not x.size:
+        return jnp.ones(shape, jnp.bool_)
+    if n == 0:
+        return jnp.zeros(shape, jnp.bool_)
+    grouped = (*shape[:ax], shape[ax] // m, m, *shape[ax + 1 :])
+    key = _order_keys(x).reshape(grouped)
+    mine = jnp.expand_dims(key, ax + 2)  # [..., g, i, 1, ...]
+    other = jnp.expand_dims(key, ax + 1)  # [..., g, 1, j, ...]
+    pos = np.arange(m)
+    before = (pos[None, :] < pos[:, None]).reshape(
+        (1,) * (ax + 1) + (m, m) + (1,) * (len(shape) - ax - 1)
+    )
+    beats = (other > mine) | ((other == mine) & before)
+    rank = jnp.sum(beats, axis=ax + 2, dtype=jnp.int32)
+    return (rank < n).reshape(shape)
+
+
+def n_of_m_mask(scores: jax.Array, n: int, m: int, axis: int = -2) -> jax.Array:
+    """Keeps the ``n`` largest scores of every ``m`` consecutive entries along ``axis``.
+
+    N:M structured sparsity (2:4 for NVIDIA sparse tensor cores; Mishra et al., "Accelerating
+    sparse deep neural networks", 2021, and NVIDIA apex ASP). The default ``axis=-2`` is the
+    input (reduction) axis of Flax kernels: axis 0 of a Dense ``(in, out)`` kernel and ``cin``
+    of an HWIO conv kernel. Ties go to the lower index, NaN counts as the lowest score. No sort:
+    each entry is ranked within its group by ``m * m`` pairwise comparisons.
+
+    Args:
+      scores: A floating-point array.
+      n: Entries kept per group (``0 <= n <= m``).
+      m: Group size.
+      axis: Axis along which the groups of ``m`` consecutive entries run.
+
+    Returns:
+      A bool array shaped like ``scores`` with exactly ``n`` kept entries per group.
+
+    Raises:
+      TypeError: If ``scores`` is not floating point or ``n``/``m`` are not ints.
+      ValueError: If ``n > m``, the array has no axis ``axis``, or its size along ``axis`` is
+        not divisible by ``m``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune import select
+      >>> select.n_of_m_mask(jnp.array([[0.1, 0.9, 0.5, 0.3]]), 2, 4, axis=-1)
+      Array([[False,  True,  True, False]], dtype=bool)
+    """
+    n, m = _check_n_of_m(n, m)
+    return _n_of_m_leaf(scores, n, m, base.check_int(axis, "axis", -(2**31)), "scores")
+
+
+def n_of_m(scores: base.Scores, n: int, m: int, axis: int = -2) -> base.Mask:
+    """Applies :func:`n_of_m_mask` to every leaf of a score tree.
+
+    Args:
+      scores: A tree of float score arrays; ``None`` leaves give ``None`` masks. Exclude leaves
+        that do not fit (e.g. a first conv with ``cin = 1``) by setting them to ``None``.
+      n: Entries kept per group.
+      m: Group size.
+      axis: Axis along which groups run (default ``-2``: the input axis of Flax kernels).
+
+    Returns:
+      A bool mask tree with the structure of ``scores``.
+
+    Raises:
+      ValueError: If a leaf's rank is too small or its size along ``axis`` is not divisible by
+        ``m`` (the message names the path), or ``n > m``.
+      TypeError: If a leaf is not floating point (the message names the path).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune import select
+      >>> w = jnp.array([[1.0, -4.0], [3.0, 2.0], [0.5, 1.0], [2.0, 0.0]])
+      >>> scores = {"kernel": jnp.abs(w), "bias": None}
+      >>> select.n_of_m(scores, 2, 4)["kernel"]  # 2 of every 4 along the input axis
+      Array([[False,  True],
+             [ True,  True],
+             [False, False],
+             [ True, False]], dtype=bool)
+    """
+    n, m = _check_n_of_m(n, m)
+    axis = base.check_int(axis, "axis", -(2**31))
+    return base.map_with_path(lambda p, x: _n_of_m_leaf(x, n, m, axis, p), scores)
+
+
+def hysteresis(scores: base.Scores, old_mask: base.Mask, low: Any, high: Any) -> base.Mask:
+    """Dynamic Network Surgery's mask update with a hysteresis band.
+
+    From Guo, Yao, Chen, "Dynamic Network Surgery for Efficient DNNs", NeurIPS 2016: an entry
+    is pruned when ``score < low``, spliced back (kept) when ``score > high``, and keeps its
+    old mask value in between (``low <= score <= high``). This follows the paper's strict
+    inequalities; the official Caffe code prunes ``|w| <= a``, which differs only for scores
+    exactly equal to ``low``. NaN scores count as ``-inf`` (pruned). In the paper
+    ``score = |w|``, ``low = 0.9 * max(mu + c * sigma, 0)`` and
+    ``high = 1.1 * max(mu + c * sigma, 0)``.
+
+    Args:
+      scores: A tree of float score arrays; ``None`` leaves give ``None`` masks.
+      old_mask: The current bool masks, same structure and leaf shapes as ``scores`` (a
+        ``None`` leaf gives a ``None`` mask).
+      low: Prune threshold: a scalar or prefix tree of scalars (possibly traced).
+      high: Splice threshold (``>= low``): a scalar or prefix tree of scalars.
+
+    Returns:
+      The new bool mask tree.
+
+    Raises:
+      TypeError: If a leaf is not floating point or an old mask is not bool (the message names
+        the path).
+      ValueError: If the trees do not match, a mask's shape differs from its scores, or a
+        concrete ``low > high`` (the message names the path).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune import select
+      >>> s = {"w": jnp.array([0.1, 0.5, 0.5, 0.9])}
+      >>> old = {"w": jnp.array([True, True, False, False])}
+      >>> select.hysteresis(s, old, 0.3, 0.7)["w"]
+      Array([False,  True, False,  True], dtype=bool)
+    """
+    base.check_structure(scores, old_mask, "old_mask")
+    low_tree = base.broadcast_prefix(low, scores, "low")
+    high_tree = base.broadcast_prefix(high, scores, "high")
+
+    def one(path, x, old, lo, hi):
+        _check_scores(path, x)
+        if getattr(old, "dtype", None) != jnp.bool_:
+            raise TypeError(
+                f"old_mask at {path!r} must be a bool array, got "
+                f"{getattr(old, 'dtype', type(old).__name__)}."
+            )
+        if tuple(np.shape(old)) != tuple(np.shape(x)):
+            raise ValueError(
+                f"old_mask at {path!r} has shape {tuple(np.shape(old))}, but the scores have "
+                f"shape {tuple(np.shape(x))}."
+            )
+        lo = _scalar(lo, f"low[{path!r}]", fraction=False)
+        hi = _scalar(hi, f"high[{path!r}]", fraction=False)
+        if base.is_concrete(lo) and base.is_concrete(hi) and float(lo) > float(hi):
+            raise ValueError(
+                f"hysteresis at {path!r} needs low <= high, got {float(lo)} > {float(hi)}."
+            )
+        x = _as_f32(x)
+        return (x > hi) | (old & (x >= lo))
+
+    return base.map_with_path(one, scores, old_mask, low_tree, high_tree)
