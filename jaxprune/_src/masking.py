@@ -25,10 +25,18 @@ def check_masks(params: base.Params, masks: base.Mask) -> None:
       masks: A tree with the structure of ``params``; leaves are bool arrays broadcastable
         to the parameter, or ``None``.
 
+    Returns:
+      ``None``; it only raises.
+
     Raises:
       ValueError: If the structures differ or a mask leaf does not broadcast (the message
         names the path).
       TypeError: If a mask leaf is not a bool array.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxprune
+      >>> jaxprune.check_masks({"w": jnp.ones((2, 3))}, {"w": jnp.ones((1, 3), bool)})
     """
     base.check_structure(params, masks, "masks")
     for (path, p), (_, m) in zip(
@@ -93,7 +101,22 @@ def apply_masks(
 
 
 def full_masks(params: base.Params, masks: base.Mask) -> base.Mask:
-    """Broadcasts every mask leaf to its parameter's full shape (``None`` stays ``None``)."""
+    """Broadcasts every mask leaf to its parameter's full shape (``None`` stays ``None``).
+
+    Args:
+      params: A tree of arrays (or ``jax.ShapeDtypeStruct``).
+      masks: A mask tree for ``params``.
+
+    Returns:
+      A tree of bool arrays with the parameters' shapes, ``None`` where ``masks`` is ``None``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxprune
+      >>> jaxprune.full_masks({"w": jnp.ones((2, 2))}, {"w": jnp.array([[True, False]])})["w"]
+      Array([[ True, False],
+             [ True, False]], dtype=bool)
+    """
     check_masks(params, masks)
     return base.map_prunable(lambda p, m: jnp.broadcast_to(m, p.shape), params, masks)
 

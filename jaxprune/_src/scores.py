@@ -209,6 +209,12 @@ def taylor_init(params: base.Params) -> TaylorState:
     """Starts a Taylor-score accumulator (zeros shaped like ``params``, float32).
 
     Works on abstract params (``jax.eval_shape``).
+
+    Args:
+      params: A tree of float arrays; ``None`` leaves are not accumulated.
+
+    Returns:
+      A :class:`TaylorState` with zero sums and a zero count.
     """
     _check_float(params)
     return TaylorState(
@@ -247,6 +253,12 @@ def taylor_update(
 
 def taylor_finalize(state: TaylorState) -> base.Scores:
     """Returns the Taylor scores ``|sum / count|`` from an accumulator.
+
+    Args:
+      state: The accumulator after one or more :func:`taylor_update` calls.
+
+    Returns:
+      A tree of float32 scores with the structure of the params.
 
     Example:
       >>> import jax.numpy as jnp

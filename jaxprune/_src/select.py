@@ -206,8 +206,8 @@ class _Keys:
 def _score_keys(x: jax.Array, forced: Any = None) -> _Keys:
     """Keys of the scores ``x``; ``forced`` entries get ``_KEY_MAX`` (a per-leaf floor).
 
-    ``forced`` is ``None``, ``"all"``, or ``(t, cut)`` scalars naming the entries with
-    ``key > t``, or ``key == t`` and flat index ``< cut``.
+    ``forced`` is ``None``, ``"all"``, a flat index (one entry), or ``(t, cut)`` scalars naming
+    the entries with ``key > t``, or ``key == t`` and flat index ``< cut``.
     """
     shape = tuple(np.shape(x))
     if forced == "all":
@@ -217,8 +217,11 @@ def _score_keys(x: jax.Array, forced: Any = None) -> _Keys:
 
     def fn():
         key = _order_keys(x)
-        t, cut = forced
-        hit = (key > t) | ((key == t) & (_flat_index(shape) < cut))
+        if isinstance(forced, tuple):
+            t, cut = forced
+            hit = (key > t) | ((key == t) & (_flat_index(shape) < cut))
+        else:
+            hit = _flat_index(shape) == forced
         return jnp.where(hit, jnp.uint32(_KEY_MAX), key)
 
     return _Keys(shape, fn)
@@ -537,7 +540,7 @@ def global_topk(
             key = _order_keys(x)
             best = jnp.max(key)
             first = jnp.min(jnp.where(key == best, _flat_index(key.shape), _INT_MAX))
-            leaves.append(_score_keys(x, (best, first + 1)))
+            leaves.append(_score_keys(x, first))
         else:
             own = _find_cutoff([_score_keys(x)], jnp.int32(m), method)
             leaves.append(_score_keys(x, own))

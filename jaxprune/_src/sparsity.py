@@ -47,6 +47,18 @@ def default_prunable(params: base.Params) -> Any:
     """``True`` for leaves of rank >= 2 (kernels and embeddings), ``False`` for the rest.
 
     Biases and normalization scales/offsets (rank 1) and scalars are never pruned by default.
+
+    Args:
+      params: A tree of arrays (or ``jax.ShapeDtypeStruct``).
+
+    Returns:
+      A tree of Python bools with the structure of ``params`` (``None`` stays ``None``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxprune
+      >>> jaxprune.default_prunable({"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)})
+      {'bias': False, 'kernel': True}
     """
     return base.map_prunable(lambda p: len(p.shape) >= 2, params)
 

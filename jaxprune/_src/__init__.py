@@ -1,0 +1,1 @@
+"""Implementation modules of jaxprune; import the public names from ``jaxprune``."""
