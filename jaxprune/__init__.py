@@ -16,6 +16,14 @@ from jaxprune._src.granularity import LAYER as LAYER
 from jaxprune._src.granularity import UNSTRUCTURED as UNSTRUCTURED
 from jaxprune._src.granularity import Granularity as Granularity
 from jaxprune._src.granularity import n_of_m as n_of_m
+from jaxprune._src.groups import Group as Group
+from jaxprune._src.groups import Member as Member
+from jaxprune._src.groups import channel_indices as channel_indices
+from jaxprune._src.groups import check_groups as check_groups
+from jaxprune._src.groups import expand_group_masks as expand_group_masks
+from jaxprune._src.groups import group_norms as group_norms
+from jaxprune._src.groups import group_scores as group_scores
+from jaxprune._src.groups import group_size as group_size
 from jaxprune._src.masking import LayerStats as LayerStats
 from jaxprune._src.masking import SparsityStats as SparsityStats
 from jaxprune._src.masking import apply_masks as apply_masks
@@ -41,16 +49,24 @@ __all__ = [
     "UNSTRUCTURED",
     "DynamicSurgeryState",
     "Granularity",
+    "Group",
     "LayerStats",
+    "Member",
     "SparsityState",
     "SparsityStats",
     "apply_masks",
+    "channel_indices",
+    "check_groups",
     "check_masks",
     "count_kept",
     "default_prunable",
     "distributions",
     "dynamic_network_surgery",
+    "expand_group_masks",
     "full_masks",
+    "group_norms",
+    "group_scores",
+    "group_size",
     "masks",
     "n_of_m",
     "optax_sparsity",

@@ -1,0 +1,375 @@
+"""Structured pruning groups: parameter axes that index the same channels.
+
+A :class:`Group` lists :class:`Member` axes of several parameters that are pruned together:
+for ``conv1 -> bn1 -> conv2`` the output channels of ``conv1`` are ``conv1/kernel`` axis -1,
+``conv1/bias`` axis 0, ``bn1/scale`` and ``bn1/bias`` axis 0, and the input channels of
+``conv2`` (``conv2/kernel`` axis -2). Scores of the members reduce to one vector per group,
+selection turns it into one bool vector, and :func:`expand_group_masks` spreads that vector
+back onto every member as a broadcastable mask. Groups are plain hashable data: close over
+them or pass them as static arguments; everything here is jittable.
+
+A member's axis may hold the group's channels in a strided or offset layout:
+
+* ``offset``: the channels start at this index of the axis (a segment of a concatenation);
+* ``outer`` / ``inner``: the segment is laid out as ``(outer, channels, inner)``; a Flax
+  conv -> flatten -> Dense maps channel ``c`` of an ``(H, W, C)`` map to the Dense rows
+  ``(h * W + w) * C + c``, which is ``outer = H * W``, ``inner = 1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprune._src import base
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One parameter axis that indexes the channels of a group.
+
+    Attributes:
+      path: The '/'-joined path of the leaf, e.g. ``'conv1/kernel'``.
+      axis: The axis of that leaf (negative counts from the end).
+      offset: Index along ``axis`` where the group's channels start.
+      outer: Repeats of the channel block before it (strided layout, see module doc).
+      inner: Entries per channel inside a block (``c * inner + i`` layout).
+      partial: Set it for a segment that starts at offset 0 but does not span the whole axis
+        (the first input of a concatenation). Members with ``offset``, ``outer`` or
+        ``inner`` set are partial anyway.
+    """
+
+    path: str
+    axis: int
+    offset: int = 0
+    outer: int = 1
+    inner: int = 1
+    partial: bool = False
+
+    @property
+    def whole(self) -> bool:
+        """Whether the member's channels are exactly the entries of its axis."""
+        return not self.partial and self.offset == 0 and self.outer == 1 and self.inner == 1
+
+    def span(self, channels: int) -> int:
+        """Number of entries of the axis covered by ``channels`` channels."""
+        return self.outer * channels * self.inner
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Axes of several parameters that share one set of channels.
+
+    Attributes:
+      name: A unique name; group scores and masks are dicts keyed by it.
+      members: The coupled axes.
+
+    Example:
+      >>> import jaxprune
+      >>> g = jaxprune.Group("conv1_out", (
+      ...     jaxprune.Member("conv1/kernel", -1), jaxprune.Member("conv1/bias", 0),
+      ...     jaxprune.Member("conv2/kernel", -2)))
+      >>> len(g.members)
+      3
+    """
+
+    name: str
+    members: tuple[Member, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "members", tuple(self.members))
+        if not self.members:
+            raise ValueError(f"group {self.name!r} has no members.")
+        for m in self.members:
+            if not isinstance(m, Member):
+                raise TypeError(f"group {self.name!r}: members must be jaxprune.Member, got {m!r}.")
+
+
+def _leaves(params: base.Params) -> dict[str, Any]:
+    return {p: x for p, x in base.leaves_with_paths(params) if x is not None}
+
+
+def group_size(group: Group, params: base.Params) -> int:
+    """Returns the number of channels of ``group``, checked against every member.
+
+    A member whose ``outer``/``inner``/``offset`` are the defaults must span its whole axis;
+    the others must fit in it.
+
+    Args:
+      group: The group.
+      params: The parameters (arrays or ``jax.ShapeDtypeStruct``).
+
+    Returns:
+      The channel count ``C``.
+
+    Raises:
+      ValueError: If a member's path is missing, its axis is out of range, or the members
+        disagree on ``C`` (the message lists the members and their sizes).
+    """
+    leaves = _leaves(params)
+    sizes = {}
+    for m in group.members:
+        if m.path not in leaves:
+            raise ValueError(f"group {group.name!r}: no parameter at path {m.path!r}.")
+        shape = tuple(leaves[m.path].shape)
+        if not -len(shape) <= m.axis < len(shape):
+            raise ValueError(
+                f"group {group.name!r}: axis {m.axis} is out of range for {m.path!r} with "
+                f"shape {shape}."
+            )
+        if m.whole:
+            sizes[m] = shape[m.axis]
+    if not sizes:
+        raise ValueError(
+            f"group {group.name!r}: at least one member must span its whole axis to fix the "
+            "channel count."
+        )
+    counts = set(sizes.values())
+    if len(counts) != 1:
+        detail = ", ".join(f"{m.path}[{m.axis}]={n}" for m, n in sizes.items())
+        raise ValueError(f"group {group.name!r}: members disagree on the channel count: {detail}.")
+    channels = counts.pop()
+    for m in group.members:
+        length = leaves[m.path].shape[m.axis]
+        if m.offset + m.span(channels) > length:
+            raise ValueError(
+                f"group {group.name!r}: member {m.path!r} axis {m.axis} has {length} entries, "
+                f"fewer than offset {m.offset} + {m.outer} x {channels} x {m.inner}."
+            )
+    return channels
+
+
+def check_groups(groups: Sequence[Group], params: base.Params) -> dict[str, int]:
+    """Validates groups against params and returns ``{name: channel count}``.
+
+    Args:
+      groups: The groups.
+      params: The parameters (arrays or ``jax.ShapeDtypeStruct``).
+
+    Returns:
+      A dict from group name to its number of channels.
+
+    Raises:
+      ValueError: For duplicate names or any problem :func:`group_size` reports.
+    """
+    names = [g.name for g in groups]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"group names must be unique, got duplicates {dupes}.")
+    return {g.name: group_size(g, params) for g in groups}
+
+
+def _member_channels(x: jax.Array, m: Member, channels: int) -> jax.Array:
+    """``x`` viewed as ``(rest..., outer, channels, inner)`` along the member axis, moved last."""
+    axis = m.axis % x.ndim
+    x = jax.lax.slice_in_dim(x, m.offset, m.offset + m.span(channels), axis=axis)
+    x = jnp.moveaxis(x, axis, -1)
+    return x.reshape((*x.shape[:-1], m.outer, channels, m.inner))
+
+
+MemberReduction = Literal["sum", "mean", "max", "l1", "l2", "sq"]
+
+
+def _reduce_member(x: jax.Array, m: Member, channels: int, reduction: MemberReduction):
+    v = _member_channels(x.astype(jnp.float32), m, channels)
+    v = jnp.moveaxis(v, -2, 0).reshape(channels, -1)
+    if reduction == "sum":
+        return jnp.sum(v, axis=1)
+    if reduction == "mean":
+        return jnp.mean(v, axis=1)
+    if reduction == "max":
+        return jnp.max(v, axis=1)
+    if reduction == "l1":
+        return jnp.sum(jnp.abs(v), axis=1)
+    if reduction in ("l2", "sq"):
+        sq = jnp.sum(jnp.square(v), axis=1)
+        return sq if reduction == "sq" else jnp.sqrt(sq)
+    raise ValueError(
+        f"`reduction` must be one of 'sum', 'mean', 'max', 'l1', 'l2', 'sq', got {reduction!r}."
+    )
+
+
+def group_scores(
+    scores: base.Scores,
+    groups: Sequence[Group],
+    *,
+    reduction: MemberReduction = "sum",
+    combine: Literal["sum", "mean", "max"] = "sum",
+    normalize: Literal["mean", "max", "l1", "l2"] | None = None,
+) -> dict[str, jax.Array]:
+    """Reduces element scores of every member to one score per channel of each group.
+
+    Args:
+      scores: A tree of element scores (e.g. ``jaxprune.scores.magnitude(params)``) or the
+        params themselves (with ``reduction="l1"``/``"l2"``).
+      groups: The groups.
+      reduction: How the entries of one channel *within* a member combine.
+      combine: How the per-member channel vectors combine (``"sum"``, ``"mean"``, ``"max"``).
+      normalize: Optionally divide each group's vector by its ``"mean"``, ``"max"``, ``"l1"``
+        or ``"l2"`` norm, so that groups compare on one scale for global selection (as
+        Molchanov et al. normalize Taylor scores per layer).
+
+    Returns:
+      A dict ``{group name: float32 vector of length C}``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxprune
+      >>> p = {"a": {"kernel": jnp.array([[1.0, -2.0], [3.0, 0.0]])},
+      ...      "b": {"kernel": jnp.array([[1.0], [1.0]])}}
+      >>> g = jaxprune.Group("a_out", (jaxprune.Member("a/kernel", -1),
+      ...                              jaxprune.Member("b/kernel", 0)))
+      >>> jaxprune.group_scores(p, [g], reduction="l1")["a_out"]
+      Array([5., 3.], dtype=float32)
+    """
+    sizes = check_groups(groups, scores)
+    leaves = _leaves(scores)
+    out = {}
+    for g in groups:
+        vecs = [_reduce_member(leaves[m.path], m, sizes[g.name], reduction) for m in g.members]
+        stacked = jnp.stack(vecs)
+        if combine == "sum":
+            v = jnp.sum(stacked, axis=0)
+        elif combine == "mean":
+            v = jnp.mean(stacked, axis=0)
+        elif combine == "max":
+            v = jnp.max(stacked, axis=0)
+        else:
+            raise ValueError(f"`combine` must be 'sum', 'mean' or 'max', got {combine!r}.")
+        if normalize is not None:
+            if normalize == "mean":
+                d = jnp.mean(jnp.abs(v))
+            elif normalize == "max":
+                d = jnp.max(jnp.abs(v))
+            elif normalize == "l1":
+                d = jnp.sum(jnp.abs(v))
+            elif normalize == "l2":
+                d = jnp.sqrt(jnp.sum(jnp.square(v)))
+            else:
+                raise ValueError(
+                    f"`normalize` must be None, 'mean', 'max', 'l1' or 'l2', got {normalize!r}."
+                )
+            v = v / jnp.where(d > 0, d, jnp.ones_like(d))
+        out[g.name] = v
+    return out
+
+
+def group_norms(params: base.Params, groups: Sequence[Group], *, ord: int = 2):
+    """Returns the ``ord``-norm of every channel of every group, over all its members.
+
+    ``||W_c||_2 = sqrt(sum over members and entries of channel c of w^2)``: the group lasso
+    norm of Wen et al. (SSL) and Lebedev & Lempitsky.
+
+    Args:
+      params: The parameters.
+      groups: The groups.
+      ord: ``1`` or ``2``.
+
+    Returns:
+      A dict ``{group name: float32 vector of length C}``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxprune
+      >>> p = {"k": jnp.array([[3.0, 0.0], [4.0, 1.0]])}
+      >>> jaxprune.group_norms(p, [jaxprune.Group("out", (jaxprune.Member("k", 1),))])["out"]
+      Array([5., 1.], dtype=float32)
+    """
+    if ord == 1:
+        return group_scores(params, groups, reduction="l1")
+    if ord == 2:
+        sq = group_scores(params, groups, reduction="sq")
+        return {k: jnp.sqrt(v) for k, v in sq.items()}
+    raise ValueError(f"`ord` must be 1 or 2, got {ord!r}.")
+
+
+def expand_group_masks(
+    group_masks: dict[str, jax.Array], groups: Sequence[Group], params: base.Params
+) -> base.Mask:
+    """Spreads one bool vector per group onto every member as a broadcastable mask.
+
+    A member spanning its whole axis gets a mask of shape ``(1, ..., C, ..., 1)``; a strided
+    or offset member gets a vector over its whole axis (entries outside the group's segment
+    stay ``True``). A leaf in several groups (a kernel's input and output channels) gets the
+    logical AND; leaves in no group get ``None``.
+
+    Args:
+      group_masks: ``{group name: bool vector of length C}`` (``True`` = kept).
+      groups: The groups.
+      params: The parameters (only shapes are read).
+
+    Returns:
+      A mask tree with the structure of ``params``.
+
+    Raises:
+      ValueError: If a group has no mask, or a mask has the wrong length.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxprune
+      >>> p = {"a": jnp.ones((3, 2)), "b": jnp.ones((2, 4))}
+      >>> g = jaxprune.Group("h", (jaxprune.Member("a", 1), jaxprune.Member("b", 0)))
+      >>> m = jaxprune.expand_group_masks({"h": jnp.array([True, False])}, [g], p)
+      >>> m["a"].shape, m["b"].shape
+      ((1, 2), (2, 1))
+    """
+    sizes = check_groups(groups, params)
+    leaves = _leaves(params)
+    per_leaf: dict[str, jax.Array] = {}
+    for g in groups:
+        if g.name not in group_masks:
+            raise ValueError(f"no mask for group {g.name!r}.")
+        vec = jnp.asarray(group_masks[g.name])
+        c = sizes[g.name]
+        if vec.shape != (c,):
+            raise ValueError(f"mask of group {g.name!r} has shape {vec.shape}, expected ({c},).")
+        vec = vec.astype(jnp.bool_)
+        for m in g.members:
+            x = leaves[m.path]
+            axis = m.axis % len(x.shape)
+            length = x.shape[axis]
+            if m.whole:
+                line = vec
+            else:
+                block = jnp.broadcast_to(vec[None, :, None], (m.outer, c, m.inner)).reshape(-1)
+                after = length - m.offset - block.shape[0]
+                line = jnp.concatenate(
+                    [jnp.ones((m.offset,), jnp.bool_), block, jnp.ones((after,), jnp.bool_)]
+                )
+            shape = [1] * len(x.shape)
+            shape[axis] = length
+            mask = line.reshape(shape)
+            old = per_leaf.get(m.path)
+            if old is None:
+                per_leaf[m.path] = mask
+            else:
+                per_leaf[m.path] = jnp.logical_and(old, mask)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: None if x is None else per_leaf.get(base.path_str(p)),
+        params,
+        is_leaf=base.is_none,
+    )
+
+
+def channel_indices(member: Member, channels: int, length: int, keep: np.ndarray) -> np.ndarray:
+    """Host-side: indices along a member's axis that survive when channels ``keep`` are kept.
+
+    Args:
+      member: The member.
+      channels: The group's channel count.
+      length: The size of the member's axis.
+      keep: A bool vector of length ``channels``.
+
+    Returns:
+      A sorted int array of the axis entries to keep (entries outside the segment included).
+    """
+    keep = np.asarray(keep, bool)
+    block = np.broadcast_to(keep[None, :, None], (member.outer, channels, member.inner))
+    line = np.ones(length, bool)
+    line[member.offset : member.offset + block.size] = block.reshape(-1)
+    return np.flatnonzero(line)
