@@ -31,6 +31,7 @@ from jaxprune._src.masking import check_masks as check_masks
 from jaxprune._src.masking import count_kept as count_kept
 from jaxprune._src.masking import full_masks as full_masks
 from jaxprune._src.masking import summary as summary
+from jaxprune._src.mnist import load_mnist as load_mnist
 from jaxprune._src.sparsity import DynamicSurgeryState as DynamicSurgeryState
 from jaxprune._src.sparsity import SparsityState as SparsityState
 from jaxprune._src.sparsity import default_prunable as default_prunable
@@ -67,6 +68,7 @@ __all__ = [
     "group_norms",
     "group_scores",
     "group_size",
+    "load_mnist",
     "masks",
     "n_of_m",
     "optax_sparsity",
