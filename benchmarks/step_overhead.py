@@ -1,0 +1,109 @@
+"""Step-time overhead of ``optax_sparsity`` against a dense step, measured side by side.
+
+For LeNet-300-100 (batch 128) and LeNet-5 (batch 64), Adam, the script jit-compiles four
+train steps and times them interleaved in rounds (so that they share the machine's noise):
+
+* ``dense``: ``optax.adam``;
+* ``sparse``: ``optax.chain(adam, optax_sparsity(0.9, update_every=10**9))`` at a step where
+  the masks are *not* recomputed (the common case: one predicate and the masking);
+* ``sparse+update``: the same with ``update_every=1``, so every step recomputes the masks
+  (exact layer-wise top-k of every kernel);
+* each of them with and without buffer donation (``donate_argnums``).
+
+It prints the median step time of each variant and its ratio to the dense step of the same
+donation setting. Targets (issue 3): no-update steps <= 1.03x, update steps <= 3x (MLP) and
+<= 1.5x (LeNet-5).
+
+Run: ``python benchmarks/step_overhead.py [--rounds 30] [--steps 20] [--models mlp,lenet5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import jaxprune
+from jaxprune import demo
+
+
+def _make_step(model, tx, donate):
+    def loss_fn(p, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(
+            model.apply({"params": p}, x), y
+        ).mean()
+
+    def step(p, s, x, y):
+        g = jax.grad(loss_fn)(p, x, y)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
+
+
+def bench(name, model, batch, shape, rounds, steps):
+    key = jax.random.key(0)
+    x = jax.random.uniform(key, (batch, *shape))
+    y = jax.random.randint(key, (batch,), 0, 10)
+    params0 = model.init(key, x[:1])["params"]
+    txs = {
+        "dense": optax.adam(1e-3),
+        "sparse": optax.chain(
+            optax.adam(1e-3), jaxprune.optax_sparsity(0.9, update_every=10**9, begin_step=1)
+        ),
+        "sparse+update": optax.chain(
+            optax.adam(1e-3), jaxprune.optax_sparsity(0.9, update_every=1)
+        ),
+    }
+    variants = {}
+    for donate in (False, True):
+        for tname, tx in txs.items():
+            fn = _make_step(model, tx, donate)
+            p = jax.tree.map(jnp.copy, params0)
+            s = tx.init(p)
+            p, s = fn(p, s, x, y)  # compile
+            jax.block_until_ready(p)
+            variants[(tname, donate)] = [fn, p, s, []]
+    for _ in range(rounds):
+        for v in variants.values():
+            fn, p, s, times = v
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                p, s = fn(p, s, x, y)
+            jax.block_until_ready((p, s))
+            times.append((time.perf_counter() - t0) / steps)
+            v[1], v[2] = p, s
+    print(f"\n{name} (batch {batch}, Adam): median step time over {rounds} rounds of {steps}")
+    print(f"{'variant':<16} {'donation':>8} {'median ms':>10} {'vs dense':>9}")
+    for (tname, donate), (_, _, _, times) in variants.items():
+        med = statistics.median(times)
+        base = statistics.median(variants[("dense", donate)][3])
+        print(f"{tname:<16} {donate!s:>8} {1e3 * med:>10.3f} {med / base:>8.3f}x")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--models", default="mlp,lenet5")
+    args = parser.parse_args()
+    print(
+        f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    models = args.models.split(",")
+    if "mlp" in models:
+        bench("LeNet-300-100", demo.lenet_300_100(), 128, (28, 28, 1), args.rounds, args.steps)
+    if "lenet5" in models:
+        steps = max(args.steps // 4, 2)
+        bench("LeNet-5", demo.LeNet5(), 64, (28, 28, 1), args.rounds, steps)
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

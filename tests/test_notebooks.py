@@ -1,0 +1,30 @@
+"""Executes the quick-start notebook top to bottom with small settings."""
+
+import os
+import pathlib
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="install the test extra: pip install -e .[test]")
+nbclient = pytest.importorskip("nbclient", reason="install the test extra: pip install -e .[test]")
+
+NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@pytest.mark.parametrize("name", ["01_quickstart.ipynb"])
+def test_notebook_runs(name, monkeypatch):
+    monkeypatch.setenv("JAXPRUNE_NB_EPOCHS", "3")
+    monkeypatch.setenv("JAXPRUNE_NB_SPARSITY", "0.8")
+    monkeypatch.delenv("JAXPRUNE_MNIST", raising=False)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
+    client.execute()
+    outputs = "".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )
+    assert "epoch  3" in outputs
+    assert "compression" in outputs
+    assert os.environ["JAXPRUNE_NB_EPOCHS"] == "3"
