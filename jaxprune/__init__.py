@@ -16,6 +16,7 @@ from jaxprune._src.granularity import LAYER as LAYER
 from jaxprune._src.granularity import UNSTRUCTURED as UNSTRUCTURED
 from jaxprune._src.granularity import Granularity as Granularity
 from jaxprune._src.granularity import n_of_m as n_of_m
+from jaxprune._src.fixed import keep_masks as keep_masks
 from jaxprune._src.groups import Group as Group
 from jaxprune._src.groups import Member as Member
 from jaxprune._src.groups import channel_indices as channel_indices
@@ -68,6 +69,7 @@ __all__ = [
     "group_norms",
     "group_scores",
     "group_size",
+    "keep_masks",
     "load_mnist",
     "masks",
     "n_of_m",

@@ -399,3 +399,29 @@ def test_dns_straight_through_training_splices_back():
         params = optax.apply_updates(params, updates)
         history.append(bool(jaxprune.masks(state)["w"][0, 0]))
     assert history[0] is False and history[-1] is True
+
+
+# --- fixed masks -----------------------------------------------------------------------
+
+
+@pytest.mark.standard_dtypes
+@pytest.mark.parametrize("name", ["momentum", "adamw", "lion"])
+def test_keep_masks_fixed_mask_retraining(name):
+    params = _params()
+    masks = jaxprune.select.layerwise_topk(
+        jaxprune.scores.magnitude(params),
+        {"conv": {"kernel": 0.5, "bias": None}, "fc": {"kernel": 0.9, "bias": None}, "out": None},
+    )
+    tx = optax.chain(OPTIMIZERS[name](), jaxprune.keep_masks(masks))
+    state = tx.init(params)
+    step = jax.jit(lambda p, s, i: tx.update(_grads(p, i), s, p))
+    for i in range(5):
+        updates, state = step(params, state, i)
+        params = optax.apply_updates(params, updates)
+        _assert_pruned_are_zero(params, masks)
+    assert jaxprune.masks(state)["out"]["kernel"] is None
+    assert int(jaxprune.masks(state)["fc"]["kernel"].sum()) == 512 - int(0.9 * 512)
+    with pytest.raises(ValueError, match="'fc/kernel'"):
+        jaxprune.keep_masks({**masks, "fc": {"kernel": jnp.ones((3,), bool), "bias": None}}).init(
+            params
+        )
