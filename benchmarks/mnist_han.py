@@ -36,6 +36,11 @@ def main():
                 type=int if field.type == "int" else float,
                 default=getattr(cfg, field.name),
             )
+    parser.add_argument(
+        "--densities",
+        default="0.08,0.09,0.26",
+        help="final kernel densities of fc1,fc2,fc3 (Han et al.: 8%%, 9%%, 26%%)",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     data = jaxprune.load_mnist(args.data)
@@ -44,6 +49,8 @@ def main():
         for f in dataclasses.fields(cfg)
         if f.type in ("int", "float") and f.name != "seed"
     }
+    dens = [float(d) for d in args.densities.split(",")]
+    overrides["densities"] = {f"Dense_{i}/kernel": d for i, d in enumerate(dens)}
     print(f"config: {overrides}; load average {os.getloadavg()[0]:.2f}")
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:

@@ -42,12 +42,15 @@ class LeNet300100(nn.Module):
 
     widths: tuple[int, ...] = (300, 100)
     num_classes: int = 10
+    dropout: float = 0.0  # on the hidden activations, in training only
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
         x = x.reshape((x.shape[0], -1))
         for w in self.widths:
             x = nn.relu(nn.Dense(w)(x))
+            if self.dropout:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes)(x)
 
 
@@ -62,7 +65,8 @@ class LeNet5(nn.Module):
     num_classes: int = 10
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
+        del train
         act = nn.relu if self.conv_relu else (lambda y: y)
         x = nn.max_pool(act(nn.Conv(20, (5, 5), padding="VALID")(x)), (2, 2), (2, 2))
         x = nn.max_pool(act(nn.Conv(50, (5, 5), padding="VALID")(x)), (2, 2), (2, 2))
@@ -71,9 +75,9 @@ class LeNet5(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-def lenet_300_100() -> LeNet300100:
+def lenet_300_100(dropout: float = 0.0) -> LeNet300100:
     """Returns the LeNet-300-100 Linen module used by the demo and the benchmarks."""
-    return LeNet300100()
+    return LeNet300100(dropout=dropout)
 
 
 def load_subset() -> mnist_lib.MNIST:
@@ -101,6 +105,7 @@ class DemoConfig:
     retrain_lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    dropout: float = 0.0
     densities: dict[str, float] = dataclasses.field(default_factory=lambda: dict(HAN_DENSITIES))
     seed: int = 0
 
@@ -167,7 +172,7 @@ def train(
     Returns:
       A :class:`RunResult`.
     """
-    model = model or lenet_300_100()
+    model = model or lenet_300_100(cfg.dropout)
     n = data.x_train.shape[0]
     steps_per_epoch = n // cfg.batch_size
     total_epochs = cfg.dense_epochs + cfg.rounds * cfg.retrain_epochs
@@ -188,8 +193,8 @@ def train(
     x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
 
-    def loss_fn(p, xb, yb):
-        logits = model.apply({"params": p}, xb)
+    def loss_fn(p, xb, yb, k):
+        logits = model.apply({"params": p}, xb, train=True, rngs={"dropout": k})
         return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
     @jax.jit
@@ -199,7 +204,8 @@ def train(
 
         def step(carry, idx):
             p, s = carry
-            loss, g = jax.value_and_grad(loss_fn)(p, x_train[idx], y_train[idx])
+            kd = jax.random.fold_in(k, idx[0])
+            loss, g = jax.value_and_grad(loss_fn)(p, x_train[idx], y_train[idx], kd)
             u, s = tx.update(g, s, p)
             return (optax.apply_updates(p, u), s), loss
 
@@ -247,6 +253,78 @@ def train(
         masks=masks,
         seconds=time.perf_counter() - t0,
     )
+
+
+def fit(
+    model: nn.Module,
+    params: Any,
+    data: mnist_lib.MNIST,
+    tx: optax.GradientTransformation,
+    epochs: int,
+    *,
+    batch_size: int = 128,
+    seed: int = 0,
+    straight_through: bool = False,
+    on_epoch: Callable[[int, Any, Any, float], Any] | None = None,
+) -> tuple[Any, Any]:
+    """Trains ``params`` for ``epochs`` epochs with ``tx`` (one jitted ``lax.scan`` per epoch).
+
+    If ``tx`` holds masks (``jaxprune.masks(opt_state)`` finds them) and ``straight_through``
+    is set, the forward pass uses ``apply_masks(params, masks, straight_through=True)``: the
+    training mode of dynamic network surgery.
+
+    Args:
+      model: A Linen classifier.
+      params: Its parameters.
+      data: MNIST arrays.
+      tx: The optimizer.
+      epochs: Number of epochs.
+      batch_size: Batch size.
+      seed: Seeds the shuffling.
+      straight_through: Apply the state's masks in the forward pass (straight-through).
+      on_epoch: Called as ``on_epoch(epoch, params, opt_state, mean_loss)`` after each epoch.
+
+    Returns:
+      ``(params, opt_state)``.
+    """
+    n = data.x_train.shape[0]
+    steps = n // batch_size
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    opt_state = tx.init(params)
+
+    def loss_fn(p, s, xb, yb, k):
+        if straight_through:
+            p = jaxprune.apply_masks(p, jaxprune.masks(s), straight_through=True)
+        logits = model.apply({"params": p}, xb, train=True, rngs={"dropout": k})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+    @jax.jit
+    def epoch(p, s, k):
+        idx = jax.random.permutation(k, n)[: steps * batch_size].reshape(steps, batch_size)
+
+        def step(carry, i):
+            p, s = carry
+            loss, g = jax.value_and_grad(loss_fn)(p, s, x[i], y[i], jax.random.fold_in(k, i[0]))
+            u, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), loss
+
+        (p, s), losses = jax.lax.scan(step, (p, s), idx)
+        return p, s, jnp.mean(losses)
+
+    key = jax.random.key(seed)
+    for e in range(epochs):
+        params, opt_state, loss = epoch(params, opt_state, jax.random.fold_in(key, e))
+        if on_epoch is not None:
+            on_epoch(e, params, opt_state, float(loss))
+    return params, opt_state
+
+
+def test_accuracy(model: nn.Module, params: Any, data: mnist_lib.MNIST, masks: Any = None):
+    """Test-set accuracy of ``model`` with ``params`` (masked by ``masks`` if given)."""
+    if masks is not None:
+        params = jaxprune.apply_masks(params, masks)
+    logits = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, data.x_test)
+    return float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(data.y_test)))
 
 
 class _PlainBar:
