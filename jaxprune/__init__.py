@@ -8,6 +8,7 @@ from jaxprune import distributions as distributions
 from jaxprune import schedules as schedules
 from jaxprune import scores as scores
 from jaxprune import select as select
+from jaxprune._src.fixed import keep_masks as keep_masks
 from jaxprune._src.granularity import CONNECTION as CONNECTION
 from jaxprune._src.granularity import FILTER as FILTER
 from jaxprune._src.granularity import FILTER_SHAPE as FILTER_SHAPE
@@ -16,7 +17,6 @@ from jaxprune._src.granularity import LAYER as LAYER
 from jaxprune._src.granularity import UNSTRUCTURED as UNSTRUCTURED
 from jaxprune._src.granularity import Granularity as Granularity
 from jaxprune._src.granularity import n_of_m as n_of_m
-from jaxprune._src.fixed import keep_masks as keep_masks
 from jaxprune._src.groups import Group as Group
 from jaxprune._src.groups import Member as Member
 from jaxprune._src.groups import channel_indices as channel_indices
