@@ -38,9 +38,9 @@ def run(data, args, seed):
     params = model.init(jax.random.key(seed), data.x_train[:1])["params"]
     steps = data.x_train.shape[0] // args.batch_size
 
-    def sgd(lr, epochs, end=0.02):
+    def sgd(lr, epochs, end=0.02, wd=args.weight_decay):
         return optax.chain(
-            optax.add_decayed_weights(args.weight_decay),
+            optax.add_decayed_weights(wd),
             optax.sgd(optax.cosine_decay_schedule(lr, epochs * steps, alpha=end), momentum=0.9),
         )
 
@@ -54,7 +54,9 @@ def run(data, args, seed):
     surgery = jaxprune.dynamic_network_surgery(
         c_tree, key=seed, gamma=args.gamma, power=args.power, stop_step=args.stop_epoch * steps
     )
-    tx = optax.chain(sgd(args.surgery_lr, args.surgery_epochs, end=0.1), surgery)
+    tx = optax.chain(
+        sgd(args.surgery_lr, args.surgery_epochs, end=0.1, wd=args.sparse_weight_decay), surgery
+    )
     history = {"prev": None, "spliced": np.zeros((), np.int64), "pruned_ever": None}
 
     def track(epoch, p, s, loss):
@@ -115,6 +117,7 @@ def main():
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--sparse-weight-decay", type=float, default=5e-4)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--dense-epochs", type=int, default=40)
     parser.add_argument("--c-rates", default="3.0,3.0,2.0", help="c_l for fc1,fc2,fc3")

@@ -1,26 +1,11 @@
 """Score -> mask selection: exact top-k (per leaf and global), thresholds, N:M, hysteresis.
 
-Every selector maps a params-shaped tree of scores (``None`` = not scored, never pruned) to a
-bool mask tree of the same structure; ``True`` marks kept entries.
-
-How the exact top-k works (no sort anywhere; XLA:CPU sorts ~30x slower than NumPy, and a sort
-gathers a sharded array onto every device):
-
-1. Each float score becomes an order-preserving ``uint32`` key (NaN -> ``-inf``, ``-0.0`` ->
-   ``+0.0``, then flip the bits of negatives and set the sign bit of non-negatives).
-2. The k-th largest key is found exactly, leaf by leaf without concatenating: either by a
-   *radix select* (4 passes of a 256-bin histogram of one 8-bit digit, summed over leaves) or by
-   a *bisection* (32 rounds of ``sum(key >= candidate)``; GSPMD partitions it into a local count
-   plus a scalar all-reduce per round, so it runs on explicitly sharded scores).
-3. The mask keeps ``key > t`` plus exactly the needed number of ``key == t`` ties, those with
-   the lowest global index (tree leaf order, then row-major), which makes the mask identical to
-   ``lax.top_k`` + scatter. The tie cut-off costs nothing unless there are excess ties
-   (``lax.cond``): then it walks the ties one reduction per tie when few are involved, or
-   bisects over the global index (``ceil(log2 n)`` reductions) when many are.
-
-The number of dropped entries is ``floor(s * n)`` computed *exactly* in integer arithmetic for
-the float32 value of ``s`` (a float32 product would be off by one or more for ``n > 2**24``), so a
-traced sparsity gives the same count as a Python float rounded to float32.
+The public namespace is :mod:`jaxprune.select`, whose docstring explains how the exact top-k
+works without sorting. Internals: scores become order-preserving ``uint32`` keys
+(:func:`_order_keys`); :func:`_find_cutoff` returns a cut-off ``(t, cut)`` meaning "keep
+``key > t``, and ``key == t`` with global index ``< cut``", found by :func:`_cutoff_radix` or
+:func:`_cutoff_bisect`; :func:`_masks` turns a cut-off into masks. Keys are recomputed from the
+scores inside every consumer (:class:`_Keys`) rather than stored.
 """
 
 from __future__ import annotations
@@ -63,53 +48,62 @@ def _order_keys(x: jax.Array) -> jax.Array:
 
 
 def _flat_index(shape: tuple[int, ...], offset: int = 0) -> jax.Array:
-    """Row-major flat index of every entry of an array of ``shape``, plus ``offset`` (int32)."""
-    if not shape:
-        return jnp.full((), offset, jnp.int32)
-    idx = jnp.full(shape, offset, jnp.int32) if offset else None
-    stride = 1
-    for axis in reversed(range(len(shape))):
-        if shape[axis] > 1:
-            term = lax.broadcasted_iota(jnp.int32, shape, axis)
-            term = term * stride if stride != 1 else term
-            idx = term if idx is None else idx + term
-        stride *= shape[axis]
-    return jnp.zeros(shape, jnp.int32) if idx is None else idx
+    """Row-major flat index of every entry of an array of ``shape``, plus ``offset`` (int32).
 
-
-def _floor_mul(s: jax.Array, n: int) -> jax.Array:
-    """Returns ``floor(s * n)`` exactly, for a float32 scalar ``s`` and a static ``0 <= n < 2**31``.
-
-    ``s`` is decomposed as ``mantissa * 2**-r`` and the 55-bit product ``mantissa * n`` is
-    formed from 16-bit limbs in ``uint32`` (x64 is off). ``s <= 0`` gives 0 and ``s >= 1``
-    gives ``n`` (a traced value cannot be checked; concrete values are checked by the callers).
+    A reshaped 1-D iota: inside a fused loop it is the loop counter, where a sum of
+    multi-dimensional iotas would cost a division per axis and entry.
     """
+    size = int(np.prod(shape, dtype=np.int64))
+    idx = lax.iota(jnp.int32, size).reshape(shape)
+    return idx + offset if offset else idx
+
+
+def _num_dropped(s: jax.Array, n: int) -> jax.Array:
+    """The number of entries a sparsity ``s`` drops out of ``n`` (see :func:`topk_mask`).
+
+    ``floor(s * n + min(n, 2**16) * 2**-24)`` computed exactly for the float32 value of ``s``
+    and a static ``0 <= n < 2**31``. The small slack absorbs the float32 representation error
+    of decimal sparsities (``0.9`` is stored as ``0.89999998``, and ``0.9 * 10`` must drop 9),
+    and is below ``2**-8``, so large ``n`` never round up by more than that.
+
+    ``s = mantissa * 2**-r`` and the 55-bit product ``mantissa * n`` (plus the slack scaled by
+    ``2**r``) is formed from 16-bit limbs in ``uint32`` (x64 is off). ``s <= 0`` gives 0 and
+    ``s >= 1`` gives ``n`` (traced values cannot be checked; callers check concrete ones).
+    """
+    u32 = jnp.uint32
     s = jnp.asarray(s, jnp.float32)
-    bits = lax.bitcast_convert_type(s, jnp.uint32)
-    exp = (bits >> 23) & jnp.uint32(0xFF)
-    frac = bits & jnp.uint32(0x7FFFFF)
-    mant = jnp.where(exp > 0, frac | jnp.uint32(0x800000), frac)
-    # s = mant * 2**-r with r = 150 - max(exp, 1); s < 1 means r >= 24.
-    r = jnp.uint32(150) - jnp.maximum(exp, jnp.uint32(1))
-    nh, nl = jnp.uint32(n >> 16), jnp.uint32(n & 0xFFFF)
-    mh, ml = mant >> 16, mant & jnp.uint32(0xFFFF)
+    bits = lax.bitcast_convert_type(s, u32)
+    exp = (bits >> 23) & u32(0xFF)
+    frac = bits & u32(0x7FFFFF)
+    mant = jnp.where(exp > 0, frac | u32(0x800000), frac)
+    r = u32(150) - jnp.maximum(exp, u32(1))  # s = mant * 2**-r; s < 1 means r >= 24
+    nh, nl = u32(n >> 16), u32(n & 0xFFFF)
+    mh, ml = mant >> 16, mant & u32(0xFFFF)
     a = ml * nl  # < 2**32
     b = mh * nl + ml * nh  # < 2**24 + 2**31
     c = mh * nh  # < 2**23
     lo = a + (b << 16)
-    hi = c + (b >> 16) + (lo < a).astype(jnp.uint32)
-    r_small = jnp.clip(r, jnp.uint32(24), jnp.uint32(31))
-    below_32 = (lo >> r_small) | (hi << (jnp.uint32(32) - r_small))
-    below_64 = hi >> jnp.clip(r, jnp.uint32(32), jnp.uint32(63)) - jnp.uint32(32)
-    q = jnp.where(r < 32, below_32, jnp.where(r < 64, below_64, jnp.uint32(0)))
-    q = jnp.where((bits >> 31) == 1, jnp.uint32(0), q)  # negative (or -0.0)
-    q = jnp.where(s >= 1, jnp.uint32(n), q)
+    hi = c + (b >> 16) + (lo < a).astype(u32)
+    # + slack * 2**r = min(n, 2**16) << (r - 24) when r <= 55 (else the answer is 0 anyway).
+    sh = jnp.clip(r, u32(24), u32(55)) - u32(24)  # 0 <= sh <= 31
+    slack = u32(min(n, 2**16))
+    slack_lo = slack << sh
+    slack_hi = jnp.where(sh == 0, u32(0), slack >> (u32(32) - jnp.maximum(sh, u32(1))))
+    new_lo = lo + slack_lo
+    hi = hi + slack_hi + (new_lo < lo).astype(u32)
+    lo = new_lo
+    r_small = jnp.clip(r, u32(24), u32(31))
+    below_32 = (lo >> r_small) | (hi << (u32(32) - r_small))
+    below_64 = hi >> jnp.clip(r, u32(32), u32(63)) - u32(32)
+    q = jnp.where(r < 32, below_32, jnp.where(r < 64, below_64, u32(0)))
+    q = jnp.where((bits >> 31) == 1, u32(0), q)  # negative (or -0.0)
+    q = jnp.where(s >= 1, u32(n), jnp.minimum(q, u32(n)))
     return q.astype(jnp.int32)
 
 
 def _num_keep(sparsity: jax.Array, n: int, floor: int) -> jax.Array:
-    """``max(n - floor(sparsity * n), floor)`` as an int32 scalar."""
-    return jnp.maximum(jnp.int32(n) - _floor_mul(sparsity, n), jnp.int32(floor))
+    """``max(n - dropped, floor)`` as an int32 scalar (``dropped`` from :func:`_num_dropped`)."""
+    return jnp.maximum(jnp.int32(n) - _num_dropped(sparsity, n), jnp.int32(floor))
 
 
 # ---------------------------------------------------------------------------------------
@@ -210,8 +204,8 @@ def _score_keys(x: jax.Array, forced: Any = None) -> _Keys:
     the entries with ``key > t``, or ``key == t`` and flat index ``< cut``.
     """
     shape = tuple(np.shape(x))
-    if forced == "all":
-        return _Keys(shape, lambda: jnp.full(shape, _KEY_MAX, jnp.uint32))
+    if isinstance(forced, str):  # "all"; full_like keeps an explicit sharding
+        return _Keys(shape, lambda: jnp.full_like(x, _KEY_MAX, dtype=jnp.uint32))
     if forced is None:
         return _Keys(shape, lambda: _order_keys(x))
 
@@ -225,18 +219,6 @@ def _score_keys(x: jax.Array, forced: Any = None) -> _Keys:
         return jnp.where(hit, jnp.uint32(_KEY_MAX), key)
 
     return _Keys(shape, fn)
-
-
-def _digit_plan(bits: int, n: int) -> list[int]:
-    """Digit widths (summing to ``bits``) for a radix select over ``n`` entries.
-
-    Big inputs use up to 16-bit digits (2 passes for 32 bits: fewer data passes, fewer ops to
-    compile); small ones 8-bit digits, so that the histogram work stays below the data size.
-    """
-    width = 16 if n >= 2**16 else 8
-    passes = -(-bits // width)
-    base_width, extra = divmod(bits, passes)
-    return [base_width + (i < extra) for i in range(passes)]
 
 
 def _pick_digit(hist: jax.Array, need: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -260,68 +242,114 @@ def _pick_digit(hist: jax.Array, need: jax.Array) -> tuple[jax.Array, jax.Array,
     return d, ties, need - jnp.sum(jnp.where(r > d, hist, 0))
 
 
-def _kth_radix(
-    leaves: list[_Keys], k: jax.Array, bits: int, n: int
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Radix select: returns ``(t, need, ties)`` for the k-th largest key (``1 <= k <= n``).
+def _rev_index(shape: tuple[int, ...], offset: int, nbits: int) -> jax.Array:
+    """``2**nbits - 1 - global index`` as ``uint32``: larger for earlier entries."""
+    return jnp.uint32(2**nbits - 1) - _flat_index(shape, offset).astype(jnp.uint32)
 
-    Keys must be ``< 2**bits``. ``t`` is the k-th largest key, ``ties = count(key == t)`` and
-    ``need`` (in ``[1, ties]``) is how many of those ties belong to the top k. Each pass
-    histograms one digit of the entries whose higher digits equal the prefix found so far,
-    scattering every leaf into the same histogram.
+
+def _cutoff_radix(
+    leaves: list[_Keys], offsets: list[int], k: jax.Array, n: int
+) -> tuple[jax.Array, jax.Array]:
+    """Radix select of the k-th largest ``(key, -index)`` pair, ``1 <= k <= n``.
+
+    One ``while_loop`` whose body histograms one ``w``-bit digit of every leaf (all scattered
+    into one histogram; entries whose higher digits differ from the prefix found so far are
+    dropped). The first ``32 / w`` passes fix the key ``t``; when more entries equal ``t``
+    than are needed, further passes fix the digits of the reversed global index among them.
+    A single loop body keeps the compiled program small (one scatter per leaf).
+
+    Returns:
+      ``(t, cut)``: the top k are ``key > t``, or ``key == t`` with global index ``< cut``.
     """
-    prefix, need, ties = jnp.uint32(0), k, jnp.int32(0)
-    done = 0
-    for width_bits in _digit_plan(bits, n):
-        shift = bits - done - width_bits
-        width = 1 << width_bits
+    u32 = jnp.uint32
+    nbits = max(1, (n - 1).bit_length())  # every global index is < 2**nbits
+    w = 16 if n >= 2**16 else 8  # digit bits; small inputs keep the histograms small
+    value_passes, index_passes = 32 // w, -(-nbits // w)
+    ibits = index_passes * w  # the reversed index, padded to whole digits
+    width = 1 << w
+    ones = u32(0xFFFFFFFF)
+
+    def cond(carry):
+        p, _, _, _, excess = carry
+        return (p < value_passes) | ((p < value_passes + index_passes) & excess)
+
+    def body(carry):
+        p, tv, ti, need, excess = carry
+        in_value = p < value_passes
+        j = jnp.where(in_value, p, p - value_passes).astype(u32)  # pass within its phase
+        bits = jnp.where(in_value, u32(32), u32(ibits))
+        shift = bits - u32(w) * (j + u32(1))
+        above = jnp.where(j == 0, u32(0), ones << jnp.clip(bits - u32(w) * j, u32(1), u32(31)))
+        mask_v = jnp.where(in_value, above, ones)
+        mask_i = jnp.where(in_value, u32(0), above)
         hist = jnp.zeros((width,), jnp.int32)
-        for leaf in leaves:  # one histogram, updated in place leaf after leaf
-            key = leaf()
-            digit = ((key >> shift) & jnp.uint32(width - 1)).astype(jnp.int32)
-            if done:  # entries off the prefix get an out-of-range bin and are dropped
-                high = jnp.uint32(((1 << done) - 1) << (bits - done))
-                digit = jnp.where((key & high) == prefix, digit, width)
+        for leaf, off in zip(leaves, offsets, strict=True):  # one histogram, updated in place
+            key, rev = leaf(), _rev_index(leaf.shape, off, nbits)
+            src = jnp.where(in_value, key, rev)
+            digit = ((src >> shift) & u32(width - 1)).astype(jnp.int32)
+            match = ((key & mask_v) == tv) & ((rev & mask_i) == ti)
+            digit = jnp.where(match, digit, width)  # out of range: dropped by the scatter
             hist = hist.at[jnp.ravel(digit)].add(1, mode="drop")
         d, ties, need = _pick_digit(hist, need)
-        prefix = prefix | (d.astype(jnp.uint32) << shift)
-        done += width_bits
-    return prefix, need, ties
+        d = d.astype(u32) << shift
+        tv = jnp.where(in_value, tv | d, tv)
+        ti = jnp.where(in_value, ti, ti | d)
+        excess = jnp.where(p == value_passes - 1, ties > need, excess)
+        return p + 1, tv, ti, need, excess
+
+    init = (jnp.int32(0), u32(0), u32(0), k, jnp.bool_(False))
+    _, t, ti, _, _ = lax.while_loop(cond, body, init)
+    return t, _cut(ti, nbits)
 
 
-def _count(leaves: list[_Keys], pred: Any) -> jax.Array:
-    return functools.reduce(
-        jnp.add, [jnp.sum(pred(leaf()), dtype=jnp.int32) for leaf in leaves], jnp.int32(0)
-    )
+def _cut(ti: jax.Array, nbits: int) -> jax.Array:
+    """Index cut-off from a reversed-index bound (keep ``rev >= ti``, i.e. ``gidx < cut``)."""
+    cut = jnp.uint32(2**nbits) - ti  # nbits <= 31
+    return jnp.minimum(cut, jnp.uint32(_INT_MAX)).astype(jnp.int32)
 
 
-def _kth_bisect(
-    leaves: list[_Keys], k: jax.Array, bits: int, n: int
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Bit-by-bit bisection: same result as :func:`_kth_radix` with ``bits + 1`` count passes.
+def _cutoff_bisect(
+    leaves: list[_Keys], offsets: list[int], k: jax.Array, n: int
+) -> tuple[jax.Array, jax.Array]:
+    """Bisection for the same ``(t, cut)`` as :func:`_cutoff_radix`, one count per round.
 
-    Round ``i`` tries setting bit ``bits - 1 - i`` of the answer and keeps it if at least ``k``
-    keys are ``>=`` the candidate; each round is a count, which GSPMD partitions into a local
-    reduction plus a scalar all-reduce.
+    Bit by bit, round ``i`` tries to raise the lower bound ``t`` of the kept keys and keeps the
+    raise while at least ``k`` keys stay ``>= t``; it stops early once exactly ``k`` do. When
+    more than ``k`` remain (excess ties at ``t``), the same bisection runs over the reversed
+    global index of the ties (under ``lax.cond``). Each round is one count per leaf, which
+    GSPMD partitions into a local reduction plus a scalar all-reduce.
     """
+    u32 = jnp.uint32
+    nbits = max(1, (n - 1).bit_length())
 
-    def body(i, carry):
-        t, count_ge_t = carry
-        cand = t | (jnp.uint32(1) << (bits - 1 - i).astype(jnp.uint32))
-        c = _count(leaves, lambda key: key >= cand)
-        ok = c >= k
-        return jnp.where(ok, cand, t), jnp.where(ok, c, count_ge_t)
+    def search(bits, count_ge):
+        def cond(carry):
+            i, _, count = carry
+            return (i < bits) & (count != k)
 
-    t, count_ge_t = lax.fori_loop(0, bits, body, (jnp.uint32(0), jnp.int32(n)))
-    count_gt_t = _count(leaves, lambda key: key > t)
-    return t, k - count_gt_t, count_ge_t - count_gt_t
+        def body(carry):
+            i, lower, count = carry
+            cand = lower | (u32(1) << (bits - 1 - i).astype(u32))
+            c = functools.reduce(jnp.add, [count_ge(leaf, off, cand) for leaf, off in live])
+            ok = c >= k
+            return i + 1, jnp.where(ok, cand, lower), jnp.where(ok, c, count)
 
+        _, lower, count = lax.while_loop(cond, body, (jnp.int32(0), u32(0), jnp.int32(n)))
+        return lower, count
 
-def _kth(
-    leaves: list[_Keys], k: jax.Array, bits: int, n: int, method: str
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    kth = _kth_radix if method == "radix" else _kth_bisect
-    return kth(leaves, k, bits, n)
+    live = list(zip(leaves, offsets, strict=True))
+    t, count = search(32, lambda leaf, off, c: jnp.sum(leaf() >= c, dtype=jnp.int32))
+
+    def index_cut():
+        def count_ge(leaf, off, c):
+            key = leaf()
+            pairs_ge = (key > t) | ((key == t) & (_rev_index(leaf.shape, off, nbits) >= c))
+            return jnp.sum(pairs_ge, dtype=jnp.int32)
+
+        ti, _ = search(nbits, count_ge)
+        return _cut(ti, nbits)
+
+    return t, lax.cond(count > k, index_cut, lambda: jnp.int32(_INT_MAX))
 
 
 def _find_cutoff(leaves: list[_Keys], k: jax.Array, method: str) -> tuple[jax.Array, jax.Array]:
@@ -329,10 +357,6 @@ def _find_cutoff(leaves: list[_Keys], k: jax.Array, method: str) -> tuple[jax.Ar
 
     ``gidx`` is the global index (leaf order, then row-major). ``k`` is clipped to ``[0, n]``;
     ``k = 0`` gives a cut-off that keeps nothing (provided no key equals ``_KEY_MAX``).
-
-    When more entries tie at ``t`` than are needed, a second selection (only then, under
-    ``lax.cond``) finds the ``need``-th lowest index among the ties: it is the ``need``-th
-    largest of ``2**nbits - gidx`` over the ties (0 elsewhere), found with the same method.
     """
     sizes = [int(np.prod(leaf.shape, dtype=np.int64)) for leaf in leaves]
     n = sum(sizes)
@@ -340,25 +364,10 @@ def _find_cutoff(leaves: list[_Keys], k: jax.Array, method: str) -> tuple[jax.Ar
         return jnp.uint32(_KEY_MAX), jnp.int32(0)
     offsets = [int(o) for o in np.cumsum([0, *sizes[:-1]])]
     live = [(leaf, off) for leaf, off, size in zip(leaves, offsets, sizes, strict=True) if size]
+    cutoff = _cutoff_radix if method == "radix" else _cutoff_bisect
     k_eff = jnp.clip(k, 1, n).astype(jnp.int32)
-    t, need, ties = _kth([leaf for leaf, _ in live], k_eff, 32, n, method)
-    nbits = max(1, (n - 1).bit_length())  # every global index is < 2**nbits
-
-    def index_keys(leaf, off):
-        def fn():
-            rev = jnp.uint32(2**nbits) - _flat_index(leaf.shape, off).astype(jnp.uint32)
-            return jnp.where(leaf() == t, rev, jnp.uint32(0))
-
-        return _Keys(leaf.shape, fn)
-
-    def tie_cut():
-        rev_t, _, _ = _kth([index_keys(*lo) for lo in live], need, nbits + 1, n, method)
-        return (jnp.uint32(2**nbits + 1) - rev_t).astype(jnp.int32)
-
-    cut = lax.cond(ties > need, tie_cut, lambda: jnp.int32(_INT_MAX))
-    t = jnp.where(k > 0, t, jnp.uint32(_KEY_MAX))
-    cut = jnp.where(k > 0, cut, 0)
-    return t, cut
+    t, cut = cutoff([lo[0] for lo in live], [lo[1] for lo in live], k_eff, n)
+    return jnp.where(k > 0, t, jnp.uint32(_KEY_MAX)), jnp.where(k > 0, cut, 0)
 
 
 def _masks(leaves: list[_Keys], t: jax.Array, cut: jax.Array) -> list[jax.Array]:
@@ -393,9 +402,11 @@ def topk_mask(
     index first, so the mask equals ``lax.top_k`` + scatter. NaN counts as the lowest score and
     ``-0.0`` equals ``0.0``. Scores are compared in float32 (bf16/f16 are upcast exactly).
 
-    ``sparsity`` may be traced: changing it never recompiles. It is rounded to float32 and
-    ``floor(sparsity * n)`` is then computed exactly. Nothing is sorted (see the module
-    docstring): the k-th largest score is found by a radix select or a bisection.
+    ``sparsity`` may be traced: changing it never recompiles. It is taken as float32 and
+    ``floor(sparsity * n)`` is computed exactly, with a slack of ``min(n, 2**16) * 2**-24``
+    so that decimal values behave as written (``0.9`` of 10 drops 9, although float32 ``0.9``
+    is ``0.89999998``). Nothing is sorted (see :mod:`jaxprune.select`): the k-th largest score
+    is found by a radix select or a bisection.
 
     Args:
       scores: A floating-point array of any shape (0-d and empty included).
@@ -484,8 +495,9 @@ def global_topk(
     """Ranks every scored entry of the tree together and keeps the global top ``1 - sparsity``.
 
     With ``n`` scored entries in all, exactly ``max(n - floor(sparsity * n), forced)`` entries
-    are kept, where each leaf first keeps its own ``min(min_keep, leaf.size)`` best entries
-    (``forced`` is their total) and the rest go by global rank. Ties are broken by the lowest
+    are kept (``floor`` as in :func:`topk_mask`), where each leaf first keeps its own
+    ``min(min_keep, leaf.size)`` best entries (``forced`` is their total) and the rest go by
+    global rank. Ties are broken by the lowest
     global index (tree leaf order, then row-major), so without the floor the mask equals
     ``lax.top_k`` + scatter on the concatenated scores, which are never actually built.
 
@@ -538,8 +550,11 @@ def global_topk(
             leaves.append(_score_keys(x, "all"))
         elif m == 1:  # the leaf's best entry: its maximum key, lowest index among equals
             key = _order_keys(x)
-            best = jnp.max(key)
-            first = jnp.min(jnp.where(key == best, _flat_index(key.shape), _INT_MAX))
+            if _explicit_spec(x) is None:  # one variadic reduction
+                first = jnp.argmax(jnp.ravel(key)).astype(jnp.int32)
+            else:  # no ravel of an explicitly sharded array: max, then the first index
+                best = jnp.max(key)
+                first = jnp.min(jnp.where(key == best, _flat_index(key.shape), _INT_MAX))
             leaves.append(_score_keys(x, first))
         else:
             own = _find_cutoff([_score_keys(x)], jnp.int32(m), method)
@@ -594,9 +609,10 @@ def std_threshold(
     From Han, Pool, Tran, Dally, "Learning both weights and connections for efficient neural
     networks", NeurIPS 2015 (Sec. 4: the threshold is a quality parameter times the standard
     deviation of the layer's weights). Pass the *parameters* (not their magnitudes) as
-    ``scores``: the standard deviation (``ddof=0``) is taken over the leaf's values. Distiller's
-    implementation computes the standard deviation once on the dense weights and keeps the
-    threshold fixed over pruning iterations: pass those weights as ``reference``.
+    ``scores``: the standard deviation (``ddof=0``) is taken over the leaf's values, ignoring
+    NaN entries (NaN weights are dropped). Distiller's implementation computes the standard
+    deviation once on the dense weights and keeps the threshold fixed over pruning
+    iterations: pass those weights as ``reference``.
 
     Args:
       scores: A tree of float parameter arrays; ``None`` leaves give ``None`` masks.
@@ -616,7 +632,7 @@ def std_threshold(
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxprune import select
-      >>> w = {"k": jnp.array([-2.0, -0.1, 0.0, 0.1, 2.0])}  # std(w) = 1.265
+      >>> w = {"k": jnp.array([-2.0, -0.1, 0.0, 0.1, 2.0])}  # std(w) = 1.266
       >>> select.std_threshold(w, 1.0)["k"]
       Array([ True, False, False, False,  True], dtype=bool)
     """
@@ -633,8 +649,8 @@ def std_threshold(
         qv = _scalar(qv, name, fraction=False)
         if base.is_concrete(qv) and float(qv) < 0:
             raise ValueError(f"`{name}` must be >= 0, got {float(qv)}.")
-        std = jnp.std(jnp.asarray(ref).astype(jnp.float32))
-        return jnp.abs(_as_f32(x)) > qv * std
+        std = jnp.nanstd(jnp.asarray(ref).astype(jnp.float32))
+        return _as_f32(jnp.abs(x)) > qv * std  # NaN weights are dropped
 
     return base.map_with_path(one, scores, q_tree, reference)
 
@@ -662,9 +678,9 @@ def _n_of_m_leaf(x: jax.Array, n: int, m: int, axis: int, path: str) -> jax.Arra
             f"not divisible by M={m}."
         )
     if n == m or not x.size:
-        return jnp.ones(shape, jnp.bool_)
+        return jnp.ones_like(x, dtype=jnp.bool_)
     if n == 0:
-        return jnp.zeros(shape, jnp.bool_)
+        return jnp.zeros_like(x, dtype=jnp.bool_)
     grouped = (*shape[:ax], shape[ax] // m, m, *shape[ax + 1 :])
     key = _order_keys(x).reshape(grouped)
     mine = jnp.expand_dims(key, ax + 2)  # [..., g, i, 1, ...]
