@@ -5,6 +5,7 @@ transformations hold and apply the masks of a pruning schedule inside jitted tra
 """
 
 from jaxprune import distributions as distributions
+from jaxprune import importance as importance
 from jaxprune import schedules as schedules
 from jaxprune import scores as scores
 from jaxprune import select as select
@@ -69,6 +70,7 @@ __all__ = [
     "group_norms",
     "group_scores",
     "group_size",
+    "importance",
     "keep_masks",
     "load_mnist",
     "masks",

@@ -12,6 +12,7 @@ NAMESPACES = [
     jaxprune.select,
     jaxprune.schedules,
     jaxprune.distributions,
+    jaxprune.importance,
 ]
 
 
