@@ -6,6 +6,8 @@ transformations hold and apply the masks of a pruning schedule inside jitted tra
 
 from jaxprune import distributions as distributions
 from jaxprune import importance as importance
+from jaxprune import linen as linen
+from jaxprune import nnx as nnx
 from jaxprune import schedules as schedules
 from jaxprune import scores as scores
 from jaxprune import select as select
@@ -26,6 +28,19 @@ from jaxprune._src.groups import expand_group_masks as expand_group_masks
 from jaxprune._src.groups import group_norms as group_norms
 from jaxprune._src.groups import group_scores as group_scores
 from jaxprune._src.groups import group_size as group_size
+from jaxprune._src.learned import LearnedSelection as LearnedSelection
+from jaxprune._src.learned import bernoulli_gate_deterministic as bernoulli_gate_deterministic
+from jaxprune._src.learned import bernoulli_gate_sample as bernoulli_gate_sample
+from jaxprune._src.learned import fold_gates as fold_gates
+from jaxprune._src.learned import gate_labels as gate_labels
+from jaxprune._src.learned import gate_masks as gate_masks
+from jaxprune._src.learned import group_norm_masks as group_norm_masks
+from jaxprune._src.learned import hard_concrete_deterministic as hard_concrete_deterministic
+from jaxprune._src.learned import hard_concrete_prob_nonzero as hard_concrete_prob_nonzero
+from jaxprune._src.learned import hard_concrete_sample as hard_concrete_sample
+from jaxprune._src.learned import scale_labels as scale_labels
+from jaxprune._src.learned import slimming_masks as slimming_masks
+from jaxprune._src.learned import slimming_threshold as slimming_threshold
 from jaxprune._src.masking import LayerStats as LayerStats
 from jaxprune._src.masking import SparsityStats as SparsityStats
 from jaxprune._src.masking import apply_masks as apply_masks
@@ -34,6 +49,21 @@ from jaxprune._src.masking import count_kept as count_kept
 from jaxprune._src.masking import full_masks as full_masks
 from jaxprune._src.masking import summary as summary
 from jaxprune._src.mnist import load_mnist as load_mnist
+from jaxprune._src.regularizers import AddGatePenaltyState as AddGatePenaltyState
+from jaxprune._src.regularizers import AddGroupLassoState as AddGroupLassoState
+from jaxprune._src.regularizers import AddL1State as AddL1State
+from jaxprune._src.regularizers import ProxGatesState as ProxGatesState
+from jaxprune._src.regularizers import ProxGroupLassoState as ProxGroupLassoState
+from jaxprune._src.regularizers import ProxL1State as ProxL1State
+from jaxprune._src.regularizers import ZeroSmallState as ZeroSmallState
+from jaxprune._src.regularizers import add_gate_penalty as add_gate_penalty
+from jaxprune._src.regularizers import add_group_lasso as add_group_lasso
+from jaxprune._src.regularizers import add_l1 as add_l1
+from jaxprune._src.regularizers import clip_gates as clip_gates
+from jaxprune._src.regularizers import prox_gates as prox_gates
+from jaxprune._src.regularizers import prox_group_lasso as prox_group_lasso
+from jaxprune._src.regularizers import prox_l1 as prox_l1
+from jaxprune._src.regularizers import zero_small as zero_small
 from jaxprune._src.sparsity import DynamicSurgeryState as DynamicSurgeryState
 from jaxprune._src.sparsity import SparsityState as SparsityState
 from jaxprune._src.sparsity import default_prunable as default_prunable
@@ -50,34 +80,64 @@ __all__ = [
     "INPUT_CHANNEL",
     "LAYER",
     "UNSTRUCTURED",
+    "AddGatePenaltyState",
+    "AddGroupLassoState",
+    "AddL1State",
     "DynamicSurgeryState",
     "Granularity",
     "Group",
     "LayerStats",
+    "LearnedSelection",
     "Member",
+    "ProxGatesState",
+    "ProxGroupLassoState",
+    "ProxL1State",
     "SparsityState",
     "SparsityStats",
+    "ZeroSmallState",
+    "add_gate_penalty",
+    "add_group_lasso",
+    "add_l1",
     "apply_masks",
+    "bernoulli_gate_deterministic",
+    "bernoulli_gate_sample",
     "channel_indices",
     "check_groups",
     "check_masks",
+    "clip_gates",
     "count_kept",
     "default_prunable",
     "distributions",
     "dynamic_network_surgery",
     "expand_group_masks",
+    "fold_gates",
     "full_masks",
+    "gate_labels",
+    "gate_masks",
+    "group_norm_masks",
     "group_norms",
     "group_scores",
     "group_size",
+    "hard_concrete_deterministic",
+    "hard_concrete_prob_nonzero",
+    "hard_concrete_sample",
     "importance",
     "keep_masks",
+    "linen",
     "load_mnist",
     "masks",
     "n_of_m",
+    "nnx",
     "optax_sparsity",
+    "prox_gates",
+    "prox_group_lasso",
+    "prox_l1",
+    "scale_labels",
     "schedules",
     "scores",
     "select",
+    "slimming_masks",
+    "slimming_threshold",
     "summary",
+    "zero_small",
 ]

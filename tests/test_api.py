@@ -13,6 +13,8 @@ NAMESPACES = [
     jaxprune.schedules,
     jaxprune.distributions,
     jaxprune.importance,
+    jaxprune.linen,
+    jaxprune.nnx,
 ]
 
 

@@ -21,6 +21,7 @@ import optax
 from jaxprune._src import base
 from jaxprune._src import distributions as dist_lib
 from jaxprune._src import granularity as gran_lib
+from jaxprune._src import regularizers as reg_lib
 from jaxprune._src import schedules as sched_lib
 from jaxprune._src import scores as scores_lib
 from jaxprune._src import select as select_lib
@@ -148,6 +149,13 @@ def optax_sparsity(
     straight_through: bool = False,
     select_fn: Callable[..., base.Mask] | None = None,
     method: str = "auto",
+    l1: optax.ScalarOrSchedule | None = None,
+    group_lasso: optax.ScalarOrSchedule | None = None,
+    slimming: optax.ScalarOrSchedule | None = None,
+    gates: optax.ScalarOrSchedule | None = None,
+    learning_rate: optax.ScalarOrSchedule | None = None,
+    group_lasso_groups: Any = None,
+    slimming_select: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Prunes weights during training, holding the masks in the optimizer state.
 
@@ -156,13 +164,30 @@ def optax_sparsity(
     inside the jitted step: ``score_fn`` scores the prunable leaves, the scores are reduced to
     ``granularity``, ``distribution`` turns the current target ``sparsity`` into per-layer
     sparsities and the selection drops exactly ``floor(s_l * n_l)`` units of each layer
-    (or of the whole model for ``distribution="global"``), keeping at least ``min_keep``
-    units per layer. On other steps the masks are kept, at the cost of one predicate.
+    (or of the whole model for ``distribution="global"``; the floor is taken exactly for the
+    float32 value of ``s`` with a tiny slack, so that ``0.9`` of 10 drops 9, see
+    :func:`jaxprune.select.topk_mask`), keeping at least ``min_keep`` units per layer. On
+    other steps the masks are kept, at the cost of one predicate.
 
     Unless ``straight_through``, the update of every pruned entry becomes ``-param``, so that
     ``optax.apply_updates`` leaves pruned weights exactly ``0.0``, whatever the optimizer
     before it did (momentum, Adam/AdamW moments, Lion, weight decay). **Place it last in the
     chain**: anything after it (a learning-rate scale, say) would rescale ``-param``.
+
+    **Penalty keywords.** ``l1=``, ``group_lasso=``, ``slimming=`` and ``gates=`` add the
+    common sparsity penalties in the same line. Because this transform is last, after the
+    optimizer has turned gradients into updates, it cannot add a penalty's gradient (that
+    coupled form belongs *before* the optimizer: :func:`jaxprune.add_l1`,
+    :func:`jaxprune.add_group_lasso`, :func:`jaxprune.add_gate_penalty`). The keywords instead
+    apply the penalties as **decoupled proximal steps** of size ``learning_rate * strength``
+    on ``params + update``, before the masks are enforced, in the order ``l1``,
+    ``group_lasso``, ``slimming``, ``gates``; entries the proximal operators zero are exactly
+    ``0.0``. The result is identical (bit for bit) to ``optax.chain(optimizer,
+    jaxprune.prox_l1(l1, learning_rate, mask=prunable), jaxprune.prox_group_lasso(
+    group_lasso, learning_rate, group_lasso_groups or granularity, mask=prunable),
+    jaxprune.prox_l1(slimming, learning_rate, mask=slimming_select),
+    jaxprune.prox_gates(gates, learning_rate), jaxprune.optax_sparsity(...))``. With Adam
+    the step is decoupled like AdamW's weight decay rather than rescaled per coordinate.
 
     In straight-through mode the updates pass through unchanged, so pruned weights keep
     learning and can come back when the masks are recomputed; apply the masks in the forward
@@ -198,6 +223,22 @@ def optax_sparsity(
         selection (scores are already reduced to ``granularity``).
       method: Top-k search of :func:`jaxprune.select.topk_mask`: ``"auto"``, ``"radix"``
         or ``"bisect"``.
+      l1: Strength (or schedule) of an L1 penalty on the ``prunable`` leaves, applied as
+        :func:`jaxprune.prox_l1`.
+      group_lasso: Strength (or schedule) of a group lasso over ``group_lasso_groups``, or,
+        if those are not given, over the ``granularity`` units (filters, channels, ...) of
+        the ``prunable`` leaves; applied as :func:`jaxprune.prox_group_lasso`.
+      slimming: Strength (or schedule) of network slimming's L1 on normalization scales and
+        channel gates (``slimming_select``), applied as :func:`jaxprune.prox_l1`.
+      gates: Strength (or schedule) of the gate penalty on jaxprune's hard-concrete and
+        Bernoulli gates, applied as :func:`jaxprune.prox_gates` (which also clamps them).
+      learning_rate: The optimizer's learning rate (float or the same schedule); required
+        with any penalty keyword, which it scales.
+      group_lasso_groups: Explicit :class:`jaxprune.Group` list for ``group_lasso``.
+      slimming_select: Scale leaves for ``slimming``: bool tree (prefix, by path) or callable;
+        default :func:`jaxprune.scale_labels` (rank-1 leaves named ``scale`` and
+        ``channel_gate`` leaves). :func:`jaxprune.linen.slimming_labels` and
+        :func:`jaxprune.nnx.slimming_labels` pick BatchNorm scales exactly.
 
     Returns:
       A :class:`optax.GradientTransformationExtraArgs` with a :class:`SparsityState`.
@@ -212,10 +253,12 @@ def optax_sparsity(
       With ``optax.inject_hyperparams`` list the non-numeric arguments as static:
       ``optax.inject_hyperparams(jaxprune.optax_sparsity, static_args=("score_fn",
       "granularity", "reduction", "distribution", "prunable", "update_when", "min_keep",
-      "straight_through", "select_fn", "method"))(sparsity=0.5)``; ``sparsity``,
-      ``update_every``, ``begin_step`` and ``end_step`` may then be changed in the state
-      without recompiling. The transform also works inside ``optax.MultiSteps`` (it then
-      counts real, not accumulated, steps) and with ``jax.eval_shape(tx.init, params)``.
+      "straight_through", "select_fn", "method", "group_lasso_groups",
+      "slimming_select"))(sparsity=0.5)``; ``sparsity``, ``update_every``, ``begin_step``,
+      ``end_step`` and the penalty strengths and ``learning_rate`` may then be changed in
+      the state without recompiling. The transform also works inside ``optax.MultiSteps``
+      (it then counts real, not accumulated, steps) and with ``jax.eval_shape(tx.init,
+      params)``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -266,6 +309,17 @@ def optax_sparsity(
             update_when = _array_every(update_every, begin_step, end_step)
     if base.is_concrete(min_keep):
         min_keep = base.check_int(min_keep, "min_keep")
+    penalties = reg_lib.sparsity_penalties(
+        l1=l1,
+        group_lasso=group_lasso,
+        slimming=slimming,
+        gates=gates,
+        learning_rate=learning_rate,
+        prunable=prunable,
+        granularity=granularity,
+        group_lasso_groups=group_lasso_groups,
+        slimming_select=slimming_select,
+    )
 
     def init_fn(params):
         flags = _prunable_flags(prunable, params)
@@ -279,6 +333,8 @@ def optax_sparsity(
             )
         grans = gran_lib.resolve_granularity_tree(granularity, pp)
         masks = base.map_with_path(_ones_mask, pp, grans)
+        for penalty, _ in penalties:  # Validates the penalty selections against the params.
+            penalty.init(params)
         return SparsityState(count=jnp.zeros([], jnp.int32), masks=masks)
 
     def targets(prunable_params, count):
@@ -346,6 +402,8 @@ def optax_sparsity(
                 is_leaf=base.is_none,
             )
 
+        for penalty, state_type in penalties:  # Proximal steps sharing this step count.
+            updates, _ = penalty.update(updates, state_type(count=count), params)
         masks = jax.lax.cond(
             jnp.asarray(update_when(count), jnp.bool_),
             recompute,
