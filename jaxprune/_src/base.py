@@ -257,3 +257,45 @@ def broadcast_prefix(prefix: Any, params: Params, what: str) -> Any:
     return jax.tree_util.tree_map_with_path(
         lambda p, x: None if x is None else lookup(path_str(p)), params, is_leaf=is_none
     )
+
+
+def leaf_flags(mask: Any, params: Params, what: str, default: Callable[[Params], Any]) -> Any:
+    """Resolves a whole-leaf selector to a tree of Python bools shaped like ``params``.
+
+    ``mask`` is a bool tree (a prefix, matched by path), a callable of the params, or ``None``
+    for ``default(params)``. ``False`` where the params hold ``None``. Selected leaves must be
+    floating point.
+
+    Raises:
+      TypeError: If a flag is not a Python bool (or a concrete bool scalar), or a selected
+        leaf is not floating point; the message names ``what`` and the path.
+      ValueError: If the selector does not fit the params' structure.
+    """
+    tree = default(params) if mask is None else resolve_tree_arg(mask, params)
+    tree = broadcast_prefix(tree, params, what)
+    out = []
+    for (path, p), (_, f) in zip(leaves_with_paths(params), leaves_with_paths(tree), strict=True):
+        if p is None or f is None:
+            out.append(False)
+            continue
+        if isinstance(f, (bool, np.bool_)):
+            flag = bool(f)
+        elif hasattr(f, "shape") and f.shape == () and is_concrete(f):
+            flag = bool(f)
+        else:
+            raise TypeError(
+                f"`{what}` must hold one Python bool per leaf (whole leaves are selected); got "
+                f"{f!r} at {path!r}."
+            )
+        if flag:
+            check_float_leaf(path, p, f"`{what}` selects leaf")
+        out.append(flag)
+    treedef = jax.tree.structure(params, is_leaf=is_none)
+    return jax.tree.unflatten(treedef, out)
+
+
+def select_leaves(tree: Any, flags: Any) -> Any:
+    """``tree`` with ``None`` wherever ``flags`` is ``False``."""
+    return jax.tree.map(
+        lambda x, f: x if (f and x is not None) else None, tree, flags, is_leaf=is_none
+    )

@@ -123,37 +123,8 @@ def _all_float(params: base.Params) -> Any:
     return base.map_prunable(lambda p: bool(jnp.issubdtype(p.dtype, jnp.floating)), params)
 
 
-def _resolve_flags(mask: Any, params: base.Params, what: str, default: Callable) -> Any:
-    """A tree of Python bools with the structure of ``params`` (False where params is None)."""
-    tree = default(params) if mask is None else base.resolve_tree_arg(mask, params)
-    tree = base.broadcast_prefix(tree, params, what)
-    out = []
-    for (path, p), (_, f) in zip(
-        base.leaves_with_paths(params), base.leaves_with_paths(tree), strict=True
-    ):
-        if p is None or f is None:
-            out.append(False)
-            continue
-        if isinstance(f, (bool, np.bool_)):
-            flag = bool(f)
-        elif hasattr(f, "shape") and f.shape == () and base.is_concrete(f):
-            flag = bool(f)
-        else:
-            raise TypeError(
-                f"`{what}` must hold one Python bool per leaf (whole leaves are selected); got "
-                f"{f!r} at {path!r}."
-            )
-        if flag:
-            base.check_float_leaf(path, p, f"`{what}` selects leaf")
-        out.append(flag)
-    treedef = jax.tree.structure(params, is_leaf=base.is_none)
-    return jax.tree.unflatten(treedef, out)
-
-
-def _selected(tree: Any, flags: Any) -> Any:
-    return jax.tree.map(
-        lambda x, f: x if (f and x is not None) else None, tree, flags, is_leaf=base.is_none
-    )
+_resolve_flags = base.leaf_flags
+_selected = base.select_leaves
 
 
 def _check_params(params: Any, updates: Any) -> None:

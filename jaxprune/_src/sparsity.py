@@ -65,31 +65,10 @@ def default_prunable(params: base.Params) -> Any:
 
 
 def _prunable_flags(prunable: Any, params: base.Params) -> Any:
-    flags = base.resolve_tree_arg(prunable, params)
-    flags = base.broadcast_prefix(flags, params, "prunable")
-    out = []
-    for (path, p), (_, f) in zip(
-        base.leaves_with_paths(params), base.leaves_with_paths(flags), strict=True
-    ):
-        if p is None or f is None:
-            out.append(False)
-            continue
-        if not isinstance(f, bool) and not (hasattr(f, "dtype") and f.shape == ()):
-            raise TypeError(
-                f"`prunable` must hold one Python bool per leaf; got {f!r} at {path!r}."
-            )
-        flag = bool(f)
-        if flag:
-            base.check_float_leaf(path, p)
-        out.append(flag)
-    treedef = jax.tree.structure(params, is_leaf=base.is_none)
-    return jax.tree.unflatten(treedef, out)
+    return base.leaf_flags(prunable, params, "prunable", default_prunable)
 
 
-def _only_prunable(tree: Any, flags: Any) -> Any:
-    return jax.tree.map(
-        lambda x, f: x if (f and x is not None) else None, tree, flags, is_leaf=base.is_none
-    )
+_only_prunable = base.select_leaves
 
 
 def _value_at(value: Any, count: jax.Array) -> Any:

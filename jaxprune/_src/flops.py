@@ -1,0 +1,143 @@
+"""Counting parameters and multiply-accumulates (MACs) from a model's jaxpr.
+
+Convention: one MAC is one multiply-add. ``dot_general`` costs
+``prod(output shape) * prod(contracted sizes)`` MACs; ``conv_general_dilated`` costs
+``prod(output shape) * prod(kernel window) * C_in / feature_group_count`` MACs. Biases,
+activations, normalization and pooling are not counted (they are a small fraction for the
+usual networks). FLOPs are ``2 * MACs``, the convention of most pruning papers (and the
+FLOP numbers of LeNet-5 in METHODS.md). MACs are for the batch of the example inputs: pass
+a batch of 1 for per-example numbers. Operations inside ``scan`` count ``length`` times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.extend import core as jcore
+
+from jaxprune._src import base
+from jaxprune._src.trace import CALLS
+
+OTHER = "<other>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Count:
+    """Parameters and MACs per layer.
+
+    Attributes:
+      params: ``{layer path: number of parameters}``; a layer is a leaf's parent path.
+      macs: ``{layer path: MACs}``; a matmul or convolution is charged to the layer of the
+        variable it reads as kernel (the right operand), else to ``'<other>'``.
+    """
+
+    params: dict[str, int]
+    macs: dict[str, int]
+
+    @property
+    def total_params(self) -> int:
+        """The number of parameters."""
+        return sum(self.params.values())
+
+    @property
+    def total_macs(self) -> int:
+        """The number of multiply-adds."""
+        return sum(self.macs.values())
+
+    @property
+    def flops(self) -> int:
+        """``2 * total_macs``."""
+        return 2 * self.total_macs
+
+
+def _layer(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else path
+
+
+def _walk(jaxpr: Any, sources: list[str | None], mult: int, macs: dict[str, int]) -> None:
+    if isinstance(jaxpr, jcore.ClosedJaxpr):
+        jaxpr = jaxpr.jaxpr
+    env: dict[Any, str] = {v: s for v, s in zip(jaxpr.invars, sources, strict=True) if s}
+
+    def src(a):
+        return None if isinstance(a, jcore.Literal) else env.get(a)
+
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name in CALLS:
+            for key in CALLS[name]:
+                sub = eqn.params.get(key)
+                if sub is not None:
+                    inner = sub.jaxpr if isinstance(sub, jcore.ClosedJaxpr) else sub
+                    n = len(inner.invars)
+                    _walk(sub, [src(a) for a in eqn.invars[len(eqn.invars) - n :]], mult, macs)
+                    break
+            continue
+        if name == "scan":
+            _walk(eqn.params["jaxpr"], [None] * len(eqn.invars), mult * eqn.params["length"], macs)
+            continue
+        if name in ("convert_element_type", "reshape", "transpose", "copy", "copy_p"):
+            s = src(eqn.invars[0])
+            if s:
+                env[eqn.outvars[0]] = s
+            continue
+        out = math.prod(eqn.outvars[0].aval.shape)
+        if name == "dot_general":
+            (lc, _), _ = eqn.params["dimension_numbers"]
+            shape = eqn.invars[0].aval.shape
+            n = out * math.prod(shape[d] for d in lc)
+        elif name == "conv_general_dilated":
+            rs = eqn.params["dimension_numbers"].rhs_spec
+            shape = eqn.invars[1].aval.shape
+            n = out * math.prod(shape[d] for d in rs[1:])
+        else:
+            continue
+        layer = src(eqn.invars[1]) or src(eqn.invars[0])
+        key = _layer(layer) if layer else OTHER
+        macs[key] = macs.get(key, 0) + int(n) * mult
+
+
+def count(apply_fn: Callable[..., Any], variables: Any, *example_inputs: Any) -> Count:
+    """Counts parameters and MACs of ``apply_fn(variables, *example_inputs)`` per layer.
+
+    Parameters are the sizes of the leaves of ``variables`` (batch statistics included if
+    passed); MACs come from the jaxpr (see the module doc for the convention).
+
+    Args:
+      apply_fn: The model function, called as ``apply_fn(variables, *example_inputs)``.
+      variables: The variables (arrays or ``jax.ShapeDtypeStruct``).
+      *example_inputs: Inputs of the right shapes (the batch size scales the MACs).
+
+    Returns:
+      A :class:`Count`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxprune._src.flops import count
+      >>> p = {"fc": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}}
+      >>> c = count(lambda p, x: x @ p["fc"]["kernel"] + p["fc"]["bias"], p, jnp.ones((1, 4)))
+      >>> c.params, c.macs, c.flops
+      ({'fc': 15}, {'fc': 12}, 24)
+    """
+
+    def spec(x):
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype)
+
+    abstract = jax.tree.map(spec, (variables, example_inputs))
+    closed = jax.make_jaxpr(lambda v, xs: apply_fn(v, *xs))(*abstract)
+    flat, _ = jax.tree_util.tree_flatten_with_path(abstract[0])
+    params: dict[str, int] = {}
+    sources: list[str | None] = []
+    for path, leaf in flat:
+        name = base.path_str(path)
+        params[_layer(name)] = params.get(_layer(name), 0) + math.prod(leaf.shape)
+        sources.append(name)
+    sources += [None] * (len(closed.jaxpr.invars) - len(sources))
+    macs: dict[str, int] = {}
+    _walk(closed, sources, 1, macs)
+    return Count(params, macs)

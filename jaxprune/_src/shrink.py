@@ -1,0 +1,168 @@
+"""Physically removing pruned channels from params, batch statistics and optimizer state.
+
+:func:`shrink` runs once on the host (NumPy indexing, not jittable by design) and returns a
+tree of the same structure with smaller arrays. :func:`widths` returns the new number of
+output features of every layer, the spec a Linen model built from a widths config is
+rebuilt from (``dataclasses.replace(model, **spec)`` for a model whose fields are named
+after its submodules).
+
+**Matching rule.** A leaf at path ``P`` of the tree is shrunk by the members whose path
+``M`` equals ``P`` or is a ``'/'``-suffix of it (``P == X + '/' + M``); when several member
+paths match, the longest one wins. So the groups of a Linen ``variables`` tree
+(``'params/conv1/kernel'``) shrink ``variables`` itself and any optimizer state built on
+it (``'0/mu/params/conv1/kernel'``); for a params-only tree and its optimizer state, pass
+``groups_under(groups, 'params')``. Leaves with no matching member (step counts, scalars,
+``None``) are returned unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprune._src import base
+from jaxprune._src.groups import Group, channel_indices
+
+
+def _by_path(groups: Sequence[Group], group_masks: Mapping[str, Any]):
+    out: dict[str, list] = {}
+    for g in groups:
+        if g.name not in group_masks:
+            raise ValueError(f"no mask for group {g.name!r}.")
+        keep = np.asarray(group_masks[g.name]).astype(bool)
+        if keep.ndim != 1:
+            raise ValueError(f"mask of group {g.name!r} must be a vector, got {keep.shape}.")
+        for m in g.members:
+            out.setdefault(m.path, []).append((g.name, m, keep))
+    return out
+
+
+def _match(path: str, members: dict[str, list]) -> str | None:
+    if path in members:
+        return path
+    best = None
+    for m in members:
+        if path.endswith("/" + m) and (best is None or len(m) > len(best)):
+            best = m
+    return best
+
+
+def _lines(path: str, shape: tuple[int, ...], entries: list) -> dict[int, np.ndarray]:
+    """``{axis: bool vector of kept entries}`` for one leaf."""
+    lines: dict[int, np.ndarray] = {}
+    for name, m, keep in entries:
+        if not -len(shape) <= m.axis < len(shape):
+            raise ValueError(
+                f"group {name!r}: axis {m.axis} is out of range for {path!r} with shape {shape}."
+            )
+        axis = m.axis % len(shape)
+        length = shape[axis]
+        c = keep.shape[0]
+        if m.whole and length != c:
+            raise ValueError(
+                f"group {name!r}: {path!r} axis {axis} has {length} entries but the mask has {c}."
+            )
+        if m.offset + m.span(c) > length:
+            raise ValueError(
+                f"group {name!r}: {path!r} axis {axis} has {length} entries, fewer than offset "
+                f"{m.offset} + {m.outer} x {c} x {m.inner}."
+            )
+        line = np.zeros(length, bool)
+        line[channel_indices(m, c, length, keep)] = True
+        lines[axis] = lines[axis] & line if axis in lines else line
+    return lines
+
+
+def shrink(tree: Any, group_masks: Mapping[str, Any], groups: Sequence[Group]) -> Any:
+    """Removes the pruned channels of every group from the matching leaves of ``tree``.
+
+    Works on params, Linen ``variables`` (batch statistics included) and optax states
+    (Adam's ``mu``/``nu`` have the params' structure inside namedtuples); see the module
+    doc for how leaf paths are matched to member paths.
+
+    Args:
+      tree: Any pytree of arrays (``None`` and non-array leaves pass through).
+      group_masks: ``{group name: bool vector}`` (``True`` = kept), e.g. from selection.
+      groups: The groups, e.g. ``trace_groups(...).groups``.
+
+    Returns:
+      A tree of the same structure whose matched leaves are smaller ``jax.Array`` s.
+
+    Raises:
+      ValueError: If a group has no mask, or a mask does not fit a matched leaf (the message
+        names the group and the path).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxprune
+      >>> from jaxprune._src.shrink import shrink
+      >>> p = {"a": jnp.ones((3, 4)), "b": jnp.ones((4, 2))}
+      >>> g = jaxprune.Group("h", (jaxprune.Member("a", 1), jaxprune.Member("b", 0)))
+      >>> small = shrink(p, {"h": jnp.array([True, False, True, False])}, [g])
+      >>> small["a"].shape, small["b"].shape
+      ((3, 2), (2, 2))
+    """
+    members = _by_path(groups, group_masks)
+
+    def one(path, x):
+        if x is None or not hasattr(x, "shape") or not np.ndim(x):
+            return x
+        m = _match(base.path_str(path), members)
+        if m is None:
+            return x
+        arr = np.asarray(x)
+        for axis, line in _lines(base.path_str(path), arr.shape, members[m]).items():
+            arr = np.take(arr, np.flatnonzero(line), axis=axis)
+        return jnp.asarray(arr, dtype=x.dtype)
+
+    return jax.tree_util.tree_map_with_path(one, tree, is_leaf=base.is_none)
+
+
+def widths(
+    groups: Sequence[Group], group_masks: Mapping[str, Any], tree: Any, *, strip: str = "params"
+) -> dict[str, int]:
+    """Returns the number of output features each layer keeps: ``{module path: features}``.
+
+    A layer is a kernel (a leaf with 2 or more axes) whose last axis (Dense ``(in, out)``,
+    Conv ``HWIO``) is a member of some group; its module path is the kernel's path without
+    the last component and without a leading ``strip + '/'``. A depthwise convolution's
+    kernel ``(kh, kw, 1, C)`` reports ``C``.
+
+    Args:
+      groups: The groups.
+      group_masks: ``{group name: bool vector}`` (``True`` = kept).
+      tree: The params or variables the groups name (only shapes are read).
+      strip: A leading collection name to drop from module paths (``''`` keeps them).
+
+    Returns:
+      ``{module path: new number of output features}``, e.g. ``{"conv1": 8, "fc1": 250}``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxprune
+      >>> from jaxprune._src.shrink import widths
+      >>> p = {"params": {"fc1": {"kernel": jnp.ones((3, 4))}, "fc2": {"kernel": jnp.ones((4, 2))}}}
+      >>> g = jaxprune.Group("h", (jaxprune.Member("params/fc1/kernel", 1),
+      ...                          jaxprune.Member("params/fc2/kernel", 0)))
+      >>> widths([g], {"h": jnp.array([True, False, True, False])}, p)
+      {'fc1': 2}
+    """
+    members = _by_path(groups, group_masks)
+    out = {}
+    for path, x in base.leaves_with_paths(tree):
+        if x is None or len(np.shape(x)) < 2 or path not in members:
+            continue
+        shape = tuple(np.shape(x))
+        lines = _lines(path, shape, members[path])
+        last = len(shape) - 1
+        if last not in lines:
+            continue
+        module = path.rsplit("/", 1)[0] if "/" in path else path
+        if strip and module.startswith(strip.rstrip("/") + "/"):
+            module = module[len(strip.rstrip("/")) + 1 :]
+        out[module] = int(lines[last].sum())
+    return out
