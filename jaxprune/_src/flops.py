@@ -120,7 +120,7 @@ def count(apply_fn: Callable[..., Any], variables: Any, *example_inputs: Any) ->
       >>> import jax, jax.numpy as jnp
       >>> from jaxprune._src.flops import count
       >>> p = {"fc": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}}
-      >>> c = count(lambda p, x: x @ p["fc"]["kernel"] + p["fc"]["bias"], p, jnp.ones((1, 4)))
+      >>> c = count(lambda p, x: x @ p["fc"]["kernel"] + p["fc"]["bias"][None], p, jnp.ones((1, 4)))
       >>> c.params, c.macs, c.flops
       ({'fc': 15}, {'fc': 12}, 24)
     """

@@ -72,6 +72,7 @@ CALLS = {
     "closed_call": ("call_jaxpr",),
     "core_call": ("call_jaxpr",),
     "remat": ("jaxpr",),
+    "remat2": ("jaxpr",),
     "checkpoint": ("jaxpr",),
     "custom_jvp_call": ("call_jaxpr", "fun_jaxpr"),
     "custom_vjp_call": ("call_jaxpr", "fun_jaxpr"),
@@ -249,7 +250,7 @@ class _Walker:
             for k in range(n_ops):
                 if not through:
                     self.g.mark([ins[k][ax], outs[k][ax]], POOLED)
-                elif through:
+                else:
                     self._same(ins[k][ax], outs[k][ax], ishapes[k][ax], oshapes[k][ax])
 
     def r_dot_general(self, eqn, ins, outs, ishapes, oshapes):
@@ -565,7 +566,7 @@ def trace_groups(apply_fn: Callable[..., Any], variables: Any, *example_inputs: 
       >>> import jax, jax.numpy as jnp
       >>> from jaxprune._src.trace import trace_groups
       >>> def mlp(p, x):
-      ...     return jax.nn.relu(x @ p["fc1"]["kernel"] + p["fc1"]["bias"]) @ p["fc2"]["kernel"]
+      ...     return jax.nn.relu(x @ p["fc1"]["kernel"] + p["fc1"]["bias"][None]) @ p["fc2"]["kernel"]
       >>> p = {"fc1": {"kernel": jnp.ones((4, 8)), "bias": jnp.ones(8)},
       ...      "fc2": {"kernel": jnp.ones((8, 2))}}
       >>> d = trace_groups(mlp, p, jax.ShapeDtypeStruct((3, 4), jnp.float32))
@@ -589,7 +590,8 @@ def trace_groups(apply_fn: Callable[..., Any], variables: Any, *example_inputs: 
         order[name] = k
         g.ndims[name] = len(leaf.shape)
         for axis, node in enumerate(in_nodes[k]):
-            g.members.setdefault(node, []).append((name, axis))
+            if leaf.shape[axis] > 1:  # a size-1 axis holds no channels to prune
+                g.members.setdefault(node, []).append((name, axis))
     for nodes in in_nodes[n_vars:]:
         g.mark(nodes, INPUT)
     outs = _Walker(g).walk(closed, in_nodes)

@@ -1,0 +1,283 @@
+"""Tests for dependency discovery from the jaxpr (`trace_groups`)."""
+
+import importlib.util
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxprune import Member
+from jaxprune._src.trace import groups_under, trace_groups
+
+_spec = importlib.util.spec_from_file_location(
+    "jaxprune_zoo_trace", pathlib.Path(__file__).with_name("zoo.py")
+)
+zoo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(zoo)
+
+
+def _abstract(model, shape):
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    v = jax.eval_shape(model.init, jax.random.key(0), x)
+    return v, x
+
+
+def _members(group):
+    return {(m.path, m.axis, m.offset, m.outer, m.inner) for m in group.members}
+
+
+def _by_name(d):
+    return {g.name: g for g in d.groups}
+
+
+def test_mlp_groups_and_io_unprunable():
+    model = zoo.MLP()
+    v, x = _abstract(model, (2, 5))
+    d = trace_groups(model.apply, v, x)
+    assert [g.name for g in d.groups] == ["params/fc1/kernel[1]", "params/fc2/kernel[1]"]
+    g1, g2 = d.groups
+    assert _members(g1) == {
+        ("params/fc1/bias", 0, 0, 1, 1),
+        ("params/fc1/kernel", 1, 0, 1, 1),
+        ("params/fc2/kernel", 0, 0, 1, 1),
+    }
+    assert _members(g2) == {
+        ("params/fc2/bias", 0, 0, 1, 1),
+        ("params/fc2/kernel", 1, 0, 1, 1),
+        ("params/head/kernel", 0, 0, 1, 1),
+    }
+    reasons = {m.path + f"[{m.axis}]": r for ms, r in d.unprunable for m in ms}
+    assert reasons["params/fc1/kernel[0]"] == ("axis of a model input",)
+    assert reasons["params/head/kernel[1]"] == ("axis of a model output",)
+    assert reasons["params/head/bias[0]"] == ("axis of a model output",)
+    text = d.explain()
+    assert "2 prunable groups" in text and "because: axis of a model output" in text
+
+
+def test_lenet5_flatten_is_strided():
+    model = zoo.LeNet5()
+    v, x = _abstract(model, (1, 28, 28, 1))
+    d = trace_groups(model.apply, v, x)
+    groups = _by_name(d)
+    assert sorted(groups) == [
+        "params/conv1/kernel[3]",
+        "params/conv2/kernel[3]",
+        "params/fc1/kernel[1]",
+    ]
+    assert _members(groups["params/conv2/kernel[3]"]) == {
+        ("params/conv2/bias", 0, 0, 1, 1),
+        ("params/conv2/kernel", 3, 0, 1, 1),
+        ("params/fc1/kernel", 0, 0, 16, 1),  # (h * 4 + w) * 50 + c
+    }
+    assert _members(groups["params/conv1/kernel[3]"]) == {
+        ("params/conv1/bias", 0, 0, 1, 1),
+        ("params/conv1/kernel", 3, 0, 1, 1),
+        ("params/conv2/kernel", 2, 0, 1, 1),
+    }
+    spatial = [ms for ms, r in d.unprunable if "spatial axis of a convolution" in r]
+    assert {(m.path, m.axis) for ms in spatial for m in ms} == {
+        (f"params/conv{i}/kernel", a) for i in (1, 2) for a in (0, 1)
+    }
+
+
+def test_conv_bn_block_one_group_with_batch_stats():
+    model = zoo.ConvBN()
+    v, x = _abstract(model, (2, 8, 8, 3))
+    d = trace_groups(model.apply, v, x)
+    assert len(d.groups) == 1
+    assert {(m.path, m.axis) for m in d.groups[0].members} == {
+        ("params/conv1/kernel", 3),
+        ("params/conv1/bias", 0),
+        ("params/bn1/scale", 0),
+        ("params/bn1/bias", 0),
+        ("batch_stats/bn1/mean", 0),
+        ("batch_stats/bn1/var", 0),
+        ("params/conv2/kernel", 2),
+    }
+    [params_group] = groups_under(d.groups, "params")
+    assert {m.path for m in params_group.members} == {
+        "conv1/kernel",
+        "conv1/bias",
+        "bn1/scale",
+        "bn1/bias",
+        "conv2/kernel",
+    }
+
+
+def test_residual_add_couples_stem_and_block_output():
+    model = zoo.Residual()
+    v, x = _abstract(model, (2, 6, 6, 3))
+    d = trace_groups(model.apply, v, x)
+    groups = _by_name(d)
+    assert sorted(groups) == ["params/a/kernel[3]", "params/b/kernel[3]"]
+    res = {(m.path, m.axis) for m in groups["params/b/kernel[3]"].members}
+    assert res == {
+        ("params/stem/kernel", 3),
+        ("params/stem/bias", 0),
+        ("params/a/kernel", 2),
+        ("params/b/kernel", 3),
+        ("params/b/bias", 0),
+        ("params/head/kernel", 0),
+    }
+
+
+def test_concatenate_gives_segments():
+    model = zoo.Dense2()
+    v, x = _abstract(model, (2, 6, 6, 3))
+    d = trace_groups(model.apply, v, x)
+    groups = _by_name(d)
+    assert sorted(groups) == ["params/c1/kernel[3]", "params/c2/kernel[3]", "params/mix/kernel[3]"]
+    assert Member("params/mix/kernel", 2, offset=0, partial=True) in (
+        groups["params/c1/kernel[3]"].members
+    )
+    assert Member("params/mix/kernel", 2, offset=6, partial=True) in (
+        groups["params/c2/kernel[3]"].members
+    )
+    assert Member("params/c2/kernel", 2) in groups["params/c1/kernel[3]"].members
+
+
+def test_depthwise_couples_input_and_output_channels():
+    class DW(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(6, (1, 1), name="pw")(x)
+            x = nn.Conv(6, (3, 3), feature_group_count=6, name="dw")(x)
+            return nn.Conv(2, (1, 1), name="out")(x)
+
+    model = DW()
+    v, x = _abstract(model, (1, 5, 5, 3))
+    d = trace_groups(model.apply, v, x)
+    assert len(d.groups) == 1
+    assert {(m.path, m.axis) for m in d.groups[0].members} == {
+        ("params/pw/kernel", 3),
+        ("params/pw/bias", 0),
+        ("params/dw/kernel", 3),
+        ("params/dw/bias", 0),
+        ("params/out/kernel", 2),
+    }
+    # The size-1 input axis of the depthwise kernel is never a channel.
+    assert all(m.axis != 2 for m in d.groups[0].members if m.path == "params/dw/kernel")
+
+
+def test_depthwise_multiplier_is_inner_layout():
+    class DW(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(4, (1, 1), name="pw")(x)
+            x = nn.Conv(8, (3, 3), feature_group_count=4, name="dw")(x)
+            return nn.Conv(2, (1, 1), name="out")(x)
+
+    v, x = _abstract(DW(), (1, 5, 5, 3))
+    [g] = trace_groups(DW().apply, v, x).groups
+    assert Member("params/dw/kernel", 3, inner=2) in g.members
+    assert Member("params/out/kernel", 2, inner=2) in g.members
+
+
+def test_grouped_conv_is_unprunable_with_reason():
+    class G(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(8, (1, 1), name="pw")(x)
+            x = nn.Conv(8, (3, 3), feature_group_count=2, name="g")(x)
+            return nn.Conv(2, (1, 1), name="out")(x)
+
+    v, x = _abstract(G(), (1, 5, 5, 3))
+    d = trace_groups(G().apply, v, x)
+    assert d.groups == []
+    assert any("grouped convolution" in " ".join(r) for _, r in d.unprunable)
+
+
+def test_unsupported_primitive_is_recorded_never_guessed():
+    def f(p, x):
+        h = x @ p["a"]
+        h = jnp.cumsum(h, axis=1)  # cumsum: not mapped
+        return h @ p["b"]
+
+    p = {"a": jnp.ones((3, 5)), "b": jnp.ones((5, 2))}
+    d = trace_groups(f, p, jnp.ones((2, 3)))
+    assert d.groups == []
+    for member in (Member("a", 1), Member("b", 0)):
+        [(_, reasons)] = [u for u in d.unprunable if member in u[0]]
+        assert reasons == ("unsupported primitive `cumsum`",)
+
+
+def test_shared_subjaxprs_are_scoped_by_call_site():
+    # Two relus of the same shape share one cached sub-jaxpr; their layers must stay apart.
+    def f(p, x):
+        h = jax.nn.relu(x @ p["a"])
+        g = jax.nn.relu(x @ p["b"])
+        return h @ p["c"] + g @ p["d"]
+
+    p = {k: jnp.ones(s) for k, s in dict(a=(3, 5), b=(3, 5), c=(5, 2), d=(5, 2)).items()}
+    d = trace_groups(f, p, jnp.ones((2, 3)))
+    assert [{(m.path, m.axis) for m in g.members} for g in d.groups] == [
+        {("a", 1), ("c", 0)},
+        {("b", 1), ("d", 0)},
+    ]
+
+
+def test_jit_remat_custom_vjp_and_scan_are_followed():
+    @jax.custom_vjp
+    def ident(h):
+        return h
+
+    ident.defvjp(lambda h: (h, None), lambda _, g: (g,))
+
+    @jax.checkpoint
+    def block(h, w):
+        return jnp.tanh(h @ w)
+
+    @jax.jit
+    def f(p, x):
+        h = ident(block(x, p["a"]))
+
+        def body(c, _):
+            return jax.nn.sigmoid(c * p["s"][None]), None
+
+        h, _ = jax.lax.scan(body, h, None, length=2)
+        return h @ p["b"]
+
+    p = {"a": jnp.ones((3, 5)), "b": jnp.ones((5, 2)), "s": jnp.ones(5)}
+    d = trace_groups(f, p, jnp.ones((2, 3)))
+    assert [{(m.path, m.axis) for m in g.members} for g in d.groups] == [
+        {("a", 1), ("b", 0), ("s", 0)}
+    ]
+
+
+def test_broadcast_from_size_one_does_not_couple():
+    def f(p, x):
+        return (x @ p["a"]) * p["g"][None] @ p["b"]  # g has shape (1,): a scalar gate
+
+    p = {"a": jnp.ones((3, 5)), "b": jnp.ones((5, 2)), "g": jnp.ones((1,))}
+    d = trace_groups(f, p, jnp.ones((2, 3)))
+    assert [{(m.path, m.axis) for m in g.members} for g in d.groups] == [{("a", 1), ("b", 0)}]
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_model_input_axis_never_in_a_group(n):
+    def f(p, x):
+        return x * p["s"][None] @ p["b"]  # the scale shares the input's feature axis
+
+    p = {"s": jnp.ones(n), "b": jnp.ones((n, 2))}
+    d = trace_groups(f, p, jnp.ones((2, n)))
+    assert d.groups == []
+
+
+def test_nnx_state_paths():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.fc1 = nnx.Linear(4, 6, rngs=rngs)
+            self.fc2 = nnx.Linear(6, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.fc2(nnx.relu(self.fc1(x)))
+
+    gd, state = nnx.split(Net(nnx.Rngs(0)))
+    d = trace_groups(lambda s, x: nnx.merge(gd, s)(x), state, jnp.ones((1, 4)))
+    assert [{(m.path, m.axis) for m in g.members} for g in d.groups] == [
+        {("fc1/kernel", 1), ("fc1/bias", 0), ("fc2/kernel", 0)}
+    ]
