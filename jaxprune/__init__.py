@@ -12,6 +12,8 @@ from jaxprune import schedules as schedules
 from jaxprune import scores as scores
 from jaxprune import select as select
 from jaxprune._src.fixed import keep_masks as keep_masks
+from jaxprune._src.flops import Count as Count
+from jaxprune._src.flops import count as count
 from jaxprune._src.granularity import CONNECTION as CONNECTION
 from jaxprune._src.granularity import FILTER as FILTER
 from jaxprune._src.granularity import FILTER_SHAPE as FILTER_SHAPE
@@ -64,12 +66,18 @@ from jaxprune._src.regularizers import prox_gates as prox_gates
 from jaxprune._src.regularizers import prox_group_lasso as prox_group_lasso
 from jaxprune._src.regularizers import prox_l1 as prox_l1
 from jaxprune._src.regularizers import zero_small as zero_small
+from jaxprune._src.shrink import shrink as shrink
+from jaxprune._src.shrink import shrink_module as shrink_module
+from jaxprune._src.shrink import widths as widths
 from jaxprune._src.sparsity import DynamicSurgeryState as DynamicSurgeryState
 from jaxprune._src.sparsity import SparsityState as SparsityState
 from jaxprune._src.sparsity import default_prunable as default_prunable
 from jaxprune._src.sparsity import dynamic_network_surgery as dynamic_network_surgery
 from jaxprune._src.sparsity import masks as masks
 from jaxprune._src.sparsity import optax_sparsity as optax_sparsity
+from jaxprune._src.trace import Discovery as Discovery
+from jaxprune._src.trace import groups_under as groups_under
+from jaxprune._src.trace import trace_groups as trace_groups
 
 __version__ = "0.1.0.dev0"
 
@@ -83,6 +91,8 @@ __all__ = [
     "AddGatePenaltyState",
     "AddGroupLassoState",
     "AddL1State",
+    "Count",
+    "Discovery",
     "DynamicSurgeryState",
     "Granularity",
     "Group",
@@ -105,6 +115,7 @@ __all__ = [
     "check_groups",
     "check_masks",
     "clip_gates",
+    "count",
     "count_kept",
     "default_prunable",
     "distributions",
@@ -118,6 +129,7 @@ __all__ = [
     "group_norms",
     "group_scores",
     "group_size",
+    "groups_under",
     "hard_concrete_deterministic",
     "hard_concrete_prob_nonzero",
     "hard_concrete_sample",
@@ -136,8 +148,12 @@ __all__ = [
     "schedules",
     "scores",
     "select",
+    "shrink",
+    "shrink_module",
     "slimming_masks",
     "slimming_threshold",
     "summary",
+    "trace_groups",
+    "widths",
     "zero_small",
 ]

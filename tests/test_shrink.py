@@ -22,33 +22,38 @@ zoo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(zoo)
 
 
-def _randomize(variables, seed=1):
-    # Non-zero, positive BN statistics and biases, so that a leaking channel would show.
-    leaves, tree = jax.tree.flatten(variables)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    out = []
-    for k, x in zip(keys, leaves):
-        r = jnp.abs(jax.random.normal(k, x.shape, x.dtype)) * 0.5 + 0.5
-        out.append(r if x.ndim == 1 else x)  # kernels keep their init scale
-    return jax.tree.unflatten(tree, out)
+def _init(model, x, seed=1):
+    # Host-side random variables with the shapes of `model.init` (much faster than running
+    # the init on CPU). Kernels are scaled by 1/sqrt(fan in); 1-D leaves (biases, BN scale,
+    # shift, mean and var) are in [0.5, 1.0), so that a leaking channel would show.
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    rng = np.random.default_rng(seed)
+
+    def one(s):
+        if len(s.shape) == 1:
+            return jnp.asarray(rng.uniform(0.5, 1.0, s.shape), jnp.float32)
+        fan_in = int(np.prod(s.shape[:-1]))
+        return jnp.asarray(rng.normal(size=s.shape) / np.sqrt(fan_in), jnp.float32)
+
+    return jax.tree.map(one, shapes)
 
 
-def _half_masks(groups, variables):
-    norms = jaxprune.group_norms(variables, groups)
+def _half_masks(sizes):
+    rng = np.random.default_rng(0)
     masks = {}
-    for name, v in norms.items():
-        v = np.asarray(v)
-        keep = np.zeros(v.shape[0], bool)
-        keep[np.argsort(-v, kind="stable")[: v.shape[0] // 2]] = True
+    for name, n in sizes.items():
+        keep = np.zeros(n, bool)
+        keep[rng.permutation(n)[: n // 2]] = True
         masks[name] = keep
     return masks
 
 
 def _prune(model, shape):
     x = jax.random.normal(jax.random.key(2), shape)
-    variables = _randomize(model.init(jax.random.key(0), x))
+    variables = _init(model, x)
     found = trace_groups(model.apply, variables, x)
-    gm = _half_masks(found.groups, variables)
+    sizes = jaxprune.check_groups(found.groups, variables)
+    gm = _half_masks(sizes)
     masks = jaxprune.expand_group_masks(gm, found.groups, variables)
     masked = jaxprune.apply_masks(variables, masks)
     small_vars = shrink(variables, gm, found.groups)
@@ -64,10 +69,16 @@ CASES = [
     (zoo.ConvBN(), (2, 8, 8, 3), {"conv1": 8}),
     (zoo.Residual(), (2, 6, 6, 3), {"stem": 4, "a": 3, "b": 4}),
     (zoo.Dense2(), (2, 6, 6, 3), {"c1": 3, "c2": 2, "mix": 2}),
+    (zoo.Bottleneck(), (2, 6, 6, 3), {"stem": 3, "c1": 2, "c2": 2, "c3": 4, "proj": 4}),
+    (zoo.InvertedResidual(), (2, 6, 6, 3), {"stem": 2, "expand": 6, "dw": 6, "project": 2}),
+    (zoo.UNet(), (2, 8, 8, 3), {"down": 2, "bottom": 3, "up": 2}),
+    (zoo.VGG(), (2, 8, 8, 3), {"c1": 2, "c2": 3, "c3": 4, "fc": 5}),
 ]
 
 
-@pytest.mark.parametrize(("model", "shape", "expected"), CASES, ids=lambda c: type(c).__name__)
+@pytest.mark.parametrize(
+    ("model", "shape", "expected"), CASES, ids=[type(c[0]).__name__ for c in CASES]
+)
 def test_masked_model_equals_shrunk_model(model, shape, expected):
     x, variables, _, _, masked, small_vars, small, spec = _prune(model, shape)
     assert spec == expected
@@ -78,10 +89,22 @@ def test_masked_model_equals_shrunk_model(model, shape, expected):
     np.testing.assert_allclose(out_small, out_masked, atol=1e-5, rtol=1e-5)
     # The pruning changed the function, so the test is not vacuous.
     assert float(jnp.max(jnp.abs(model.apply(variables, x) - out_masked))) > 1e-3
+    # One jitted SGD step on the shrunk params trains (the loss goes down).
+    rest = {k: v for k, v in small_vars.items() if k != "params"}
+
+    @jax.jit
+    def step(p):
+        loss, g = jax.value_and_grad(
+            lambda q: jnp.mean(small.apply({"params": q, **rest}, x) ** 2)
+        )(p)
+        return jax.tree.map(lambda a, b: a - 0.005 * b, p, g), loss
+
+    p1, loss0 = step(small_vars["params"])
+    assert float(step(p1)[1]) < float(loss0)
 
 
 def test_shrink_keeps_the_right_rows_of_a_flatten():
-    x, variables, found, gm, _, small_vars, *_ = _prune(zoo.LeNet5(), (1, 28, 28, 1))
+    _, variables, found, gm, _, small_vars, *_ = _prune(zoo.LeNet5(), (1, 28, 28, 1))
     [group] = [g for g in found.groups if g.name == "params/conv2/kernel[3]"]
     keep = np.flatnonzero(gm[group.name])
     rows = [(h * 4 + w) * 50 + c for h in range(4) for w in range(4) for c in keep]
@@ -118,7 +141,9 @@ def test_jitted_adam_step_after_shrinking_params_and_moments():
     mu = small_opt[0].mu
     assert jax.tree.map(jnp.shape, mu) == jax.tree.map(jnp.shape, small_params)
     keep = np.flatnonzero(gm["params/conv1/kernel[3]"])
-    np.testing.assert_array_equal(mu["conv1"]["bias"], np.asarray(opt_state[0].mu["conv1"]["bias"])[keep])
+    np.testing.assert_array_equal(
+        mu["conv1"]["bias"], np.asarray(opt_state[0].mu["conv1"]["bias"])[keep]
+    )
     assert int(small_opt[0].count) == 1
     step = make_step(small, small_vars["batch_stats"])
     p2, o2, loss0 = step(small_params, small_opt)
@@ -150,7 +175,7 @@ def test_shrink_matches_longest_suffix_and_leaves_others():
 def test_count_lenet5_matches_hand_counts_and_xla():
     model = zoo.LeNet5()
     x = jnp.ones((1, 28, 28, 1))
-    v = model.init(jax.random.key(0), x)
+    v = _init(model, x)
     c = count(model.apply, v, x)
     assert c.total_params == 431_080
     # METHODS.md 0.3, 2 FLOPs per MAC: conv1 576K, conv2 3.2M, fc1 800K, fc2 10K.
@@ -191,7 +216,7 @@ def test_count_depthwise_and_scan():
 
     dw = nn.Conv(6, (3, 3), feature_group_count=6, padding="VALID")
     x = jnp.ones((1, 5, 5, 6))
-    v = dw.init(jax.random.key(0), x)
+    v = jax.eval_shape(dw.init, jax.random.key(0), x)
     assert count(dw.apply, v, x).total_macs == 3 * 3 * 6 * 9
 
     def f(p, h):
@@ -200,3 +225,113 @@ def test_count_depthwise_and_scan():
 
     c = count(f, {"w": jnp.ones((4, 4))}, jnp.ones((2, 4)))
     assert c.macs == {"<other>": 3 * 2 * 4 * 4}
+
+
+# ---------------------------------------------------------------------------------------
+# NNX
+
+
+def _nnx_net():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.conv1 = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+            self.bn1 = nnx.BatchNorm(8, use_running_average=True, rngs=rngs)
+            self.dw = nnx.Conv(8, 16, (3, 3), feature_group_count=8, rngs=rngs)  # multiplier 2
+            self.pw = nnx.Conv(16, 6, (1, 1), rngs=rngs)
+            self.fc = nnx.Linear(6, 2, rngs=rngs)
+
+        def __call__(self, x):
+            h = nnx.relu(self.bn1(self.conv1(x)))
+            h = nnx.relu(self.pw(nnx.relu(self.dw(h))))
+            return self.fc(h.mean(axis=(1, 2)))
+
+    net = Net(nnx.Rngs(0))
+    rng = np.random.default_rng(4)
+    # Positive BN statistics and non-zero biases so that a leak would show.
+    for mod, names in ((net.bn1, ("scale", "bias", "mean", "var")), (net.conv1, ("bias",))):
+        for n in names:
+            v = getattr(mod, n)
+            v.set_value(jnp.asarray(rng.uniform(0.5, 1.0, v.get_value().shape), jnp.float32))
+    for mod in (net.dw, net.pw):
+        mod.bias.set_value(
+            jnp.asarray(rng.uniform(0.5, 1.0, mod.bias.get_value().shape), jnp.float32)
+        )
+    return net
+
+
+@pytest.mark.standard_dtypes
+def test_nnx_masked_equals_shrunk_in_place_then_train():
+    from flax import nnx
+
+    from jaxprune._src.shrink import shrink_module
+
+    net = _nnx_net()
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 6, 6, 3)), jnp.float32)
+    gd, state = nnx.split(net)
+    found = trace_groups(lambda s, v: nnx.merge(gd, s)(v), state, x)
+    members = {g.name: {(m.path, m.axis, m.inner) for m in g.members} for g in found.groups}
+    assert members == {
+        "conv1/kernel[3]": {
+            ("conv1/kernel", 3, 1),
+            ("conv1/bias", 0, 1),
+            ("bn1/scale", 0, 1),
+            ("bn1/bias", 0, 1),
+            ("bn1/mean", 0, 1),
+            ("bn1/var", 0, 1),
+            ("dw/kernel", 3, 2),
+            ("dw/bias", 0, 2),
+            ("pw/kernel", 2, 2),
+        },
+        "pw/kernel[3]": {("pw/kernel", 3, 1), ("pw/bias", 0, 1), ("fc/kernel", 0, 1)},
+    }
+    gm = {
+        "conv1/kernel[3]": np.array([1, 0, 1, 1, 0, 0, 1, 0], bool),
+        "pw/kernel[3]": np.array([0, 1, 1, 0, 1, 0], bool),
+    }
+    masked = jaxprune.apply_masks(state, jaxprune.expand_group_masks(gm, found.groups, state))
+    ref = nnx.merge(gd, masked)(x)
+    assert float(jnp.max(jnp.abs(ref - net(x)))) > 1e-3
+    shrink_module(net, gm, found.groups)
+    np.testing.assert_allclose(net(x), ref, atol=1e-5, rtol=1e-5)
+    assert (net.conv1.out_features, net.bn1.num_features) == (4, 4)
+    assert (net.dw.in_features, net.dw.feature_group_count, net.dw.out_features) == (4, 4, 8)
+    assert net.dw.kernel_shape == (3, 3, 1, 8)
+    assert (net.pw.in_features, net.pw.out_features, net.fc.in_features) == (8, 3, 3)
+    gd2, state2 = nnx.split(net)
+    c = count(lambda s, v: nnx.merge(gd2, s)(v), state2, x)
+    n = 2 * 6 * 6  # batch x SAME-padded output pixels
+    assert c.macs == {"conv1": n * 4 * 27, "dw": n * 8 * 9, "pw": n * 3 * 8, "fc": 2 * 3 * 2}
+    opt = nnx.Optimizer(net, optax.adam(1e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean(m(x) ** 2))(model)
+        opt.update(model, grads)
+        return loss
+
+    loss0 = step(net, opt)
+    assert float(step(net, opt)) < float(loss0)
+
+
+def test_readme_flow_lenet5_scores_select_shrink_count():
+    model = zoo.LeNet5()
+    x = jnp.ones((1, 28, 28, 1))
+    variables = _init(model, x)
+    found = trace_groups(model.apply, variables, x)
+    pgroups = groups_under(found.groups, "params")
+    scores = jaxprune.group_scores(variables["params"], pgroups, reduction="l2")
+    keep = jaxprune.select.layerwise_topk(scores, 0.5)
+    assert {k: int(v.sum()) for k, v in keep.items()} == {
+        "params/conv1/kernel[3]": 10,
+        "params/conv2/kernel[3]": 25,
+        "params/fc1/kernel[1]": 250,
+    }
+    small_vars = shrink(variables, keep, found.groups)
+    small = dataclasses.replace(model, **widths(found.groups, keep, variables))
+    masked = jaxprune.apply_masks(
+        variables, jaxprune.expand_group_masks(keep, found.groups, variables)
+    )
+    np.testing.assert_allclose(small.apply(small_vars, x), model.apply(masked, x), atol=1e-5)
+    assert count(small.apply, small_vars, x).flops == 2 * (144_000 + 400_000 + 100_000 + 2_500)

@@ -263,6 +263,9 @@ def test_model_input_axis_never_in_a_group(n):
     p = {"s": jnp.ones(n), "b": jnp.ones((n, 2))}
     d = trace_groups(f, p, jnp.ones((2, n)))
     assert d.groups == []
+    asked = trace_groups(f, p, jnp.ones((2, n)), prune_inputs=True, prune_outputs=True)
+    expected = [{("b", 1)}] if n == 1 else [{("s", 0), ("b", 0)}, {("b", 1)}]
+    assert [{(m.path, m.axis) for m in g.members} for g in asked.groups] == expected
 
 
 def test_nnx_state_paths():
@@ -281,3 +284,48 @@ def test_nnx_state_paths():
     assert [{(m.path, m.axis) for m in g.members} for g in d.groups] == [
         {("fc1/kernel", 1), ("fc1/bias", 0), ("fc2/kernel", 0)}
     ]
+
+
+def test_cond_and_while_couple_carries_and_branches():
+    def f(p, x):
+        h = x @ p["a"]
+        h = jax.lax.cond(x[0, 0] > 0, lambda h: h * p["s"][None], jnp.tanh, h)
+        h = jax.lax.fori_loop(0, 2, lambda i, h: jax.nn.relu(h + p["t"][None]), h)
+        return h @ p["b"]
+
+    p = {"a": jnp.ones((3, 5)), "b": jnp.ones((5, 2)), "s": jnp.ones(5), "t": jnp.ones(5)}
+    d = trace_groups(f, p, jnp.ones((2, 3)))
+    assert [{(m.path, m.axis) for m in g.members} for g in d.groups] == [
+        {("a", 1), ("b", 0), ("s", 0), ("t", 0)}
+    ]
+
+
+def test_concat_then_flatten_is_left_out_with_reason():
+    # Channel c of segment 2 sits at rows (h * W + w) * 10 + 6 + c: not one stride.
+    def f(p, x):
+        a = jax.nn.relu(x @ p["a"])  # (N, 2, 2, 6)
+        b = jax.nn.relu(x @ p["b"])  # (N, 2, 2, 4)
+        h = jnp.concatenate([a, b], axis=-1).reshape(x.shape[0], -1)
+        return h @ p["head"]
+
+    p = {"a": jnp.ones((3, 6)), "b": jnp.ones((3, 4)), "head": jnp.ones((40, 2))}
+    d = trace_groups(f, p, jnp.ones((1, 2, 2, 3)))
+    assert d.groups == []
+    left = {m.path: r for ms, r in d.unprunable for m in ms if m.path in ("a", "b")}
+    assert all("is not one stride" in " ".join(r) for r in left.values()) and len(left) == 2
+    assert "because: layout of head[0] (outer=4)" in d.explain()
+
+
+def test_layernorm_over_channels_is_unprunable():
+    class LN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.LayerNorm(name="ln")(nn.Dense(6, name="a")(x))
+            return nn.Dense(2, name="b")(h)
+
+    v, x = _abstract(LN(), (2, 3))
+    d = trace_groups(LN().apply, v, x)
+    assert d.groups == []
+    [(members, reasons)] = [u for u in d.unprunable if Member("params/a/kernel", 1) in u[0]]
+    assert Member("params/ln/scale", 0) in members and Member("params/b/kernel", 0) in members
+    assert any("reduced by `reduce_sum`" in r for r in reasons)

@@ -76,3 +76,80 @@ class Dense2(nn.Module):
         h = jnp.concatenate([a, b], axis=-1)
         h = nn.Conv(self.mix, (1, 1), name="mix")(h)
         return nn.Dense(3, name="head")(jnp.mean(h, axis=(1, 2)))
+
+
+class Bottleneck(nn.Module):
+    """Stem -> bottleneck block with a strided projection shortcut, eval-mode BN."""
+
+    stem: int = 6
+    c1: int = 4
+    c2: int = 4
+    c3: int = 8
+    proj: int = 8
+
+    def cbn(self, x, feats, k, s, name):
+        x = nn.Conv(feats, (k, k), (s, s), use_bias=False, name=name)(x)
+        return nn.BatchNorm(use_running_average=True, name=name + "_bn")(x)
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(self.cbn(x, self.stem, 3, 1, "stem"))
+        y = nn.relu(self.cbn(h, self.c1, 1, 1, "c1"))
+        y = nn.relu(self.cbn(y, self.c2, 3, 2, "c2"))
+        y = self.cbn(y, self.c3, 1, 1, "c3")
+        h = nn.relu(y + self.cbn(h, self.proj, 1, 2, "proj"))
+        return nn.Dense(3, name="head")(jnp.mean(h, axis=(1, 2)))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2-style: expand 1x1 -> depthwise 3x3 -> project 1x1, identity add."""
+
+    stem: int = 4
+    expand: int = 12
+    project: int = 4
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu6(nn.Conv(self.stem, (3, 3), name="stem")(x))
+        y = nn.relu6(nn.Conv(self.expand, (1, 1), name="expand")(h))
+        y = nn.relu6(nn.Conv(self.expand, (3, 3), feature_group_count=self.expand, name="dw")(y))
+        y = nn.Conv(self.project, (1, 1), name="project")(y)
+        return nn.Dense(2, name="head")(jnp.mean(h + y, axis=(1, 2)))
+
+
+class UNet(nn.Module):
+    """U-Net-style: down conv, pool, bottom conv, nearest upsampling, skip concatenation."""
+
+    down: int = 4
+    bottom: int = 6
+    up: int = 4
+
+    @nn.compact
+    def __call__(self, x):
+        d = nn.relu(nn.Conv(self.down, (3, 3), name="down")(x))
+        b = nn.max_pool(d, (2, 2), (2, 2))
+        b = nn.relu(nn.Conv(self.bottom, (3, 3), name="bottom")(b))
+        u = jnp.repeat(jnp.repeat(b, 2, axis=1), 2, axis=2)
+        h = jnp.concatenate([d, u], axis=-1)
+        h = nn.relu(nn.Conv(self.up, (3, 3), name="up")(h))
+        return nn.Conv(1, (1, 1), name="out")(h)
+
+
+class VGG(nn.Module):
+    """VGG-style: (conv-BN-ReLU) x 2, pool, conv-BN-ReLU, flatten, dense, dense."""
+
+    c1: int = 4
+    c2: int = 6
+    c3: int = 8
+    fc: int = 10
+
+    @nn.compact
+    def __call__(self, x):
+        for name in ("c1", "c2"):
+            x = nn.Conv(getattr(self, name), (3, 3), use_bias=False, name=name)(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=True, name=name + "_bn")(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = nn.Conv(self.c3, (3, 3), use_bias=False, name="c3")(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=True, name="c3_bn")(x))
+        x = nn.relu(nn.Dense(self.fc, name="fc")(x.reshape(x.shape[0], -1)))
+        return nn.Dense(3, name="head")(x)

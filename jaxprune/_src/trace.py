@@ -21,19 +21,27 @@ Rules (each creates unions only where the structure says two axes index the same
   axis of operands and result, **only where the sizes are equal and larger than 1**
   (broadcasting from size 1 is not a coupling).
 * ``broadcast_in_dim``, ``transpose``, ``squeeze``, reductions, ``argmax``: surviving or
-  permuted dims; ``reduce_window*`` (pooling): axes with a window of 1 pass through.
+  permuted dims; ``reduce_window*`` (pooling): axes with a window of 1 pass through. A
+  reduced axis is unprunable: a mean or norm over channels (LayerNorm) changes when channels
+  are removed, so the masked and the shrunk model would differ.
 * ``reshape``: dims whose sizes match one to one are coupled (size-1 dims are ignored); a
   merge such as ``(H, W, C) -> H*W*C`` makes the merged axis a *strided* parent of each
   input dim (``Member(..., outer=H*W)`` for the Flax flatten); a split does the converse.
 * ``concatenate``, ``pad``, ``slice``, ``split``: the long axis is a parent of segments at
   offsets (``Member(..., offset=..., partial=True)``).
+* ``scan``, ``while``, ``cond``: bodies and branches are walked once per call site; carries
+  are coupled to the body's results, scanned ``xs``/``ys`` drop their leading axis.
 * anything else: every axis it touches is unprunable, with the primitive named as reason.
 
-Groups are formed from the classes of the union-find. A class that is split into segments
-or strided children (a concatenation's output, a flatten's output) is not a group itself:
-its members are handed to the child classes with the composed layout. A class touching an
-axis of a model input or output, or an unsupported primitive, is unprunable, and so are its
-children.
+Parameter axes of size 1 are never members (they hold no channels). Groups are formed from
+the classes of the union-find. A class that is split into segments or strided children (a
+concatenation's output, a flatten's output) is not a group itself: its members are handed to
+the child classes with the composed layout. A class touching an axis of a model input or
+output, a spatial or pooled axis, or an unsupported primitive is unprunable, and so are its
+children; so is a class whose layout on some member is not one ``(offset, outer, inner)``
+stride (a concatenation flattened into a Dense layer), or that has no member spanning its
+whole axis (attention heads split out of a projection). Each group is named after its first
+"producer" member, the last axis of a kernel, e.g. ``'params/conv1/kernel[3]'``.
 """
 
 from __future__ import annotations
@@ -179,6 +187,10 @@ class _Walker:
                     return self.walk(sub, ins[len(ins) - n_in :])
         if name == "scan":
             return self.scan(eqn, ins)
+        if name == "cond":
+            return self.cond(eqn, ins)
+        if name == "while":
+            return self.while_loop(eqn, ins)
         outs = [self.g.new(_shape(v)) for v in eqn.outvars]
         ishapes = [_shape(a) for a in eqn.invars]
         oshapes = [_shape(v) for v in eqn.outvars]
@@ -233,6 +245,10 @@ class _Walker:
 
     def r_reduce(self, eqn, ins, outs, ishapes, oshapes):
         axes = set(eqn.params["axes"])
+        # A mean, norm or max over channels changes when channels are removed (LayerNorm):
+        # the masked and the shrunk model would differ, so reduced axes are not pruned.
+        reason = f"reduced by `{eqn.primitive.name}` (its result depends on the channel count)"
+        self.g.mark([ins[0][a] for a in axes if ishapes[0][a] > 1], reason)
         kept = [i for i in range(len(ishapes[0])) if i not in axes]
         for k, i in enumerate(kept):
             self._same(ins[0][i], outs[0][k], ishapes[0][i], oshapes[0][k])
@@ -388,6 +404,26 @@ class _Walker:
         for nodes in (*ins, *outs):
             self.g.mark(nodes, reason)
 
+    def cond(self, eqn, ins):
+        outs = [self.g.new(_shape(v)) for v in eqn.outvars]
+        for branch in eqn.params["branches"]:
+            for a, b in zip(self.walk(branch, ins[1:]), outs, strict=True):
+                for u, v in zip(a, b, strict=True):
+                    self.g.union(u, v)
+        return outs
+
+    def while_loop(self, eqn, ins):
+        p = eqn.params
+        nc, nb = p["cond_nconsts"], p["body_nconsts"]
+        carry = ins[nc + nb :]
+        self.walk(p["cond_jaxpr"], [*ins[:nc], *carry])
+        for a, b in zip(
+            self.walk(p["body_jaxpr"], [*ins[nc : nc + nb], *carry]), carry, strict=True
+        ):
+            for u, v in zip(a, b, strict=True):
+                self.g.union(u, v)
+        return list(carry)
+
     def scan(self, eqn, ins):
         p = eqn.params
         nc, nk = p["num_consts"], p["num_carry"]
@@ -541,20 +577,33 @@ def _ndim(m: Member, g: _Graph) -> int:
     return g.ndims[m.path]
 
 
-def trace_groups(apply_fn: Callable[..., Any], variables: Any, *example_inputs: Any) -> Discovery:
+def trace_groups(
+    apply_fn: Callable[..., Any],
+    variables: Any,
+    *example_inputs: Any,
+    prune_inputs: bool = False,
+    prune_outputs: bool = False,
+) -> Discovery:
     """Discovers the coupled parameter axes of ``apply_fn(variables, *example_inputs)``.
 
     Member paths name leaves of ``variables`` exactly as passed (``'/'``-joined, NNX
     ``.value`` dropped). For a Linen variables dict the collection is part of the path:
     ``'params/conv1/kernel'``, ``'batch_stats/bn1/mean'``; use :func:`groups_under` to get
     the groups of the ``params`` subtree alone. Axes of the model's inputs and outputs are
-    never pruned. Nothing is evaluated: arrays may be ``jax.ShapeDtypeStruct``.
+    never pruned. Nothing is evaluated: arrays may be ``jax.ShapeDtypeStruct``. Trace the
+    inference function (BatchNorm with running averages, no ``mutable``): every output
+    counts as a model output, so returning updated batch statistics would make their
+    channels unprunable.
 
     Args:
       apply_fn: The model function, called as ``apply_fn(variables, *example_inputs)``; for
         NNX use ``lambda state, x: nnx.merge(graphdef, state)(x)``.
       variables: The variables (a pytree of arrays or ``jax.ShapeDtypeStruct``).
       *example_inputs: Inputs of the right shapes and dtypes.
+      prune_inputs: Let groups touch the feature axes of the model inputs (the caller then
+        drops those input features itself).
+      prune_outputs: Let groups touch the model outputs (e.g. to prune a feature extractor's
+        output channels together with the heads that read them elsewhere).
 
     Returns:
       A :class:`Discovery` with ``groups``, ``unprunable`` and ``explain()``.
@@ -566,7 +615,8 @@ def trace_groups(apply_fn: Callable[..., Any], variables: Any, *example_inputs: 
       >>> import jax, jax.numpy as jnp
       >>> from jaxprune._src.trace import trace_groups
       >>> def mlp(p, x):
-      ...     return jax.nn.relu(x @ p["fc1"]["kernel"] + p["fc1"]["bias"][None]) @ p["fc2"]["kernel"]
+      ...     h = jax.nn.relu(x @ p["fc1"]["kernel"] + p["fc1"]["bias"][None])
+      ...     return h @ p["fc2"]["kernel"]
       >>> p = {"fc1": {"kernel": jnp.ones((4, 8)), "bias": jnp.ones(8)},
       ...      "fc2": {"kernel": jnp.ones((8, 2))}}
       >>> d = trace_groups(mlp, p, jax.ShapeDtypeStruct((3, 4), jnp.float32))
@@ -592,11 +642,13 @@ def trace_groups(apply_fn: Callable[..., Any], variables: Any, *example_inputs: 
         for axis, node in enumerate(in_nodes[k]):
             if leaf.shape[axis] > 1:  # a size-1 axis holds no channels to prune
                 g.members.setdefault(node, []).append((name, axis))
-    for nodes in in_nodes[n_vars:]:
-        g.mark(nodes, INPUT)
+    if not prune_inputs:
+        for nodes in in_nodes[n_vars:]:
+            g.mark(nodes, INPUT)
     outs = _Walker(g).walk(closed, in_nodes)
-    for nodes in outs:
-        g.mark(nodes, OUTPUT)
+    if not prune_outputs:
+        for nodes in outs:
+            g.mark(nodes, OUTPUT)
     return _finish(g, order)
 
 
