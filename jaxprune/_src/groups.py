@@ -288,6 +288,36 @@ def group_norms(params: base.Params, groups: Sequence[Group], *, ord: int = 2):
     raise ValueError(f"`ord` must be 1 or 2, got {ord!r}.")
 
 
+def member_line(vec: jax.Array, member: Member, channels: int, length: int, fill: Any) -> jax.Array:
+    """Lays one value per channel along a member's axis of ``length`` entries.
+
+    A whole-axis member gets ``vec`` itself; a strided or offset member gets the
+    ``(outer, channels, inner)`` block at ``offset`` and ``fill`` everywhere else.
+
+    Args:
+      vec: The ``(channels,)`` vector.
+      member: The member.
+      channels: The group's channel count.
+      length: The size of the member's axis.
+      fill: The value outside the group's segment (``True`` for masks, ``0`` or ``1`` for
+        penalty coefficients).
+
+    Returns:
+      A ``(length,)`` vector with ``vec``'s dtype.
+    """
+    if member.whole:
+        return vec
+    block = jnp.broadcast_to(vec[None, :, None], (member.outer, channels, member.inner)).reshape(-1)
+    after = length - member.offset - block.shape[0]
+    return jnp.concatenate(
+        [
+            jnp.full((member.offset,), fill, vec.dtype),
+            block,
+            jnp.full((after,), fill, vec.dtype),
+        ]
+    )
+
+
 def expand_group_masks(
     group_masks: dict[str, jax.Array], groups: Sequence[Group], params: base.Params
 ) -> base.Mask:
@@ -333,14 +363,7 @@ def expand_group_masks(
             x = leaves[m.path]
             axis = m.axis % len(x.shape)
             length = x.shape[axis]
-            if m.whole:
-                line = vec
-            else:
-                block = jnp.broadcast_to(vec[None, :, None], (m.outer, c, m.inner)).reshape(-1)
-                after = length - m.offset - block.shape[0]
-                line = jnp.concatenate(
-                    [jnp.ones((m.offset,), jnp.bool_), block, jnp.ones((after,), jnp.bool_)]
-                )
+            line = member_line(vec, m, c, length, True)
             shape = [1] * len(x.shape)
             shape[axis] = length
             mask = line.reshape(shape)

@@ -415,18 +415,7 @@ def expand_channel_values(
             shape = tuple(leaves[m.path].shape)
             axis = m.axis % len(shape)
             length = shape[axis]
-            if m.whole:
-                line = vec
-            else:
-                block = jnp.broadcast_to(vec[None, :, None], (m.outer, c, m.inner)).reshape(-1)
-                after = length - m.offset - block.shape[0]
-                line = jnp.concatenate(
-                    [
-                        jnp.full((m.offset,), fill, jnp.float32),
-                        block,
-                        jnp.full((after,), fill, jnp.float32),
-                    ]
-                )
+            line = groups_lib.member_line(vec, m, c, length, fill)
             target = [1] * len(shape)
             target[axis] = length
             arr = line.reshape(target)

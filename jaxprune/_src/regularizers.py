@@ -703,6 +703,15 @@ def _weights_tree(weight: Any, params: base.Params) -> Any:
     return tree
 
 
+def _check_gate_selection(mask: Any, kind: Any, weight: Any, params: base.Params) -> None:
+    """Validates a gate transform's leaf selection, gate kinds and weights at ``init``."""
+    flags = _resolve_flags(mask, params, "mask", _gate_labels_default)
+    for path, f in base.leaves_with_paths(flags):
+        if f:
+            _gate_kind(path, kind)
+    _weights_tree(weight, params)
+
+
 def add_gate_penalty(
     strength: optax.ScalarOrSchedule,
     mask: Any = None,
@@ -770,11 +779,7 @@ def add_gate_penalty(
     shift = beta * math.log(-gamma / zeta)
 
     def init_fn(params):
-        flags = _resolve_flags(mask, params, "mask", _gate_labels_default)
-        for path, f in base.leaves_with_paths(flags):
-            if f:
-                _gate_kind(path, kind)
-        _weights_tree(weight, params)
+        _check_gate_selection(mask, kind, weight, params)
         return AddGatePenaltyState(count=_zero_count())
 
     def update_fn(updates, state, params=None):
@@ -936,11 +941,7 @@ def prox_gates(
     shift = beta * math.log(-gamma / zeta)
 
     def init_fn(params):
-        flags = _resolve_flags(mask, params, "mask", _gate_labels_default)
-        for path, f in base.leaves_with_paths(flags):
-            if f:
-                _gate_kind(path, kind)
-        _weights_tree(weight, params)
+        _check_gate_selection(mask, kind, weight, params)
         return ProxGatesState(count=_zero_count())
 
     def update_fn(updates, state, params=None):
