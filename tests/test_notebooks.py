@@ -3,10 +3,9 @@
 import os
 import pathlib
 
+import nbclient  # in the test extra: a missing one must fail, not skip
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat", reason="install the test extra: pip install -e .[test]")
-nbclient = pytest.importorskip("nbclient", reason="install the test extra: pip install -e .[test]")
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 
