@@ -65,11 +65,22 @@ class MLP(nn.Module):
     widths: tuple[int, ...]
     bn: bool = False
     scale_init: float = 0.5
+    torch_init: bool = False  # PyTorch nn.Linear's default init (the authors' code)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        def dense(w, name):
+            if not self.torch_init:
+                return nn.Dense(w, name=name)
+            bound = 1.0 / np.sqrt(x.shape[-1])  # U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+
+            def uniform(key, shape, dtype=jnp.float32):
+                return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+            return nn.Dense(w, kernel_init=uniform, bias_init=uniform, name=name)
+
         for i, w in enumerate(self.widths):
-            x = nn.Dense(w, name=f"fc{i}")(x)
+            x = dense(w, f"fc{i}")(x)
             if self.bn:
                 x = nn.BatchNorm(
                     use_running_average=not train,
@@ -78,7 +89,7 @@ class MLP(nn.Module):
                     name=f"bn{i}",
                 )(x)
             x = nn.relu(x)
-        return nn.Dense(10, name=f"fc{len(self.widths)}")(x)
+        return dense(10, f"fc{len(self.widths)}")(x)
 
 
 class L0MLP(nn.Module):
@@ -160,6 +171,11 @@ def fit(model, params, stats, tx, data, epochs, batch, seed, *, stochastic=False
             err = test_error(model, params, stats, data["xt"], data["yt"])
             log(f"    epoch {e + 1}/{epochs}: loss {float(loss):.4f}, test error {err:.2f}%")
     return params, stats
+
+
+def _window(value: float, start: int, stop: int):
+    """``value`` for steps in ``[start, stop)``, else 0 (an L1 switched on / off by step)."""
+    return lambda count: jnp.where((count >= start) & (count < stop), value, 0.0)
 
 
 def sgd_schedule(lr: float, epochs: int, batch: int):
@@ -258,7 +274,9 @@ def plot_hist(path: str, title: str, series: dict[str, dict[str, np.ndarray]], x
 
 def run_slimming(data, seed, args, log):
     widths = (500, 300)
-    model = MLP(widths, bn=True)
+    model = MLP(
+        widths, bn=True, scale_init=args.slimming_scale_init, torch_init=args.slimming_torch_init
+    )
     v = model.init(jax.random.key(seed), data["x"][:2])
     params, stats = v["params"], v["batch_stats"]
     labels = jaxprune.linen.slimming_labels(v)
@@ -266,8 +284,13 @@ def run_slimming(data, seed, args, log):
     b, ep = 256, args.epochs
     sched = sgd_schedule(0.1, ep, b)
     base = [optax.add_decayed_weights(1e-4), optax.sgd(sched, momentum=0.9, nesterov=True)]
+    lam = args.slimming_lambda
+    l1_start, l1_stop = args.slimming_l1_start, args.slimming_l1_stop or ep
+    if (l1_start, l1_stop) != (0, ep):  # L1 only during epochs [start, stop)
+        spe = N_TRAIN // b
+        lam = _window(args.slimming_lambda, l1_start * spe, l1_stop * spe)
     if args.slimming_mode == "coupled":  # the paper: lam * sign(gamma) added to the gradient
-        tx = optax.chain(jaxprune.add_l1(args.slimming_lambda, mask=labels), *base)
+        tx = optax.chain(jaxprune.add_l1(lam, mask=labels), *base)
     else:  # one line: soft-thresholding of the scales after the optimizer (exact zeros)
         tx = optax.chain(
             *base,
@@ -281,7 +304,8 @@ def run_slimming(data, seed, args, log):
         )
     log(
         f"  sparsity training: {ep} epochs, L1 on BN scales ({args.slimming_mode}), "
-        f"lambda={args.slimming_lambda}"
+        f"lambda={args.slimming_lambda} during epochs [{l1_start}, {l1_stop}), scale init "
+        f"{args.slimming_scale_init}, {'PyTorch' if args.slimming_torch_init else 'Flax'} init"
     )
     params, stats = fit(model, params, stats, tx, data, ep, b, seed, log=log)
     err_trained = test_error(model, params, stats, data["xt"], data["yt"])
@@ -306,15 +330,17 @@ def run_slimming(data, seed, args, log):
         f"{err_removed_nofold:.2f}%); global threshold {float(glob.threshold):.4g} with "
         f"floor 1 would give 784-{glob_widths}-10"
     )
+    fe, fb = args.finetune_epochs, args.slimming_finetune_batch
+    ft_sched = (
+        sgd_schedule(args.slimming_finetune_lr, fe, fb)
+        if args.slimming_finetune_schedule == "step"
+        else optax.cosine_decay_schedule(args.slimming_finetune_lr, max(1, fe * (N_TRAIN // fb)))
+    )
     tx_ft = optax.chain(
         optax.add_decayed_weights(args.slimming_finetune_wd),
-        optax.sgd(
-            sgd_schedule(args.slimming_finetune_lr, args.finetune_epochs, b),
-            momentum=0.9,
-            nesterov=True,
-        ),
+        optax.sgd(ft_sched, momentum=0.9, nesterov=True),
     )
-    sp, ss = fit(small, sp, ss, tx_ft, data, args.finetune_epochs, b, seed + 1000, log=log)
+    sp, ss = fit(small, sp, ss, tx_ft, data, fe, fb, seed + 1000, log=log)
     err_ft = test_error(small, sp, ss, data["xt"], data["yt"])
     plot = {"init": gammas0, "after sparsity training": gammas}
     return {
@@ -478,6 +504,12 @@ def main():
     parser.add_argument("--slimming-mode", default="coupled", choices=["coupled", "prox"])
     parser.add_argument("--slimming-finetune-lr", type=float, default=0.01)
     parser.add_argument("--slimming-finetune-wd", type=float, default=1e-4)
+    parser.add_argument("--slimming-finetune-schedule", default="step", choices=["step", "cosine"])
+    parser.add_argument("--slimming-finetune-batch", type=int, default=256)
+    parser.add_argument("--slimming-scale-init", type=float, default=0.5)
+    parser.add_argument("--slimming-torch-init", action="store_true")
+    parser.add_argument("--slimming-l1-start", type=int, default=0, help="first L1 epoch")
+    parser.add_argument("--slimming-l1-stop", type=int, default=0, help="0: all epochs")
     parser.add_argument("--prune-ratio", type=float, default=0.8)
     parser.add_argument("--ssl-lambda", type=float, default=7e-4)
     parser.add_argument("--ssl-lambda-input", type=float, default=1.5e-4)

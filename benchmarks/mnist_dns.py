@@ -44,9 +44,23 @@ def run(data, args, seed):
             optax.sgd(optax.cosine_decay_schedule(lr, epochs * steps, alpha=end), momentum=0.9),
         )
 
-    params, _ = demo.fit(
-        model, params, data, sgd(args.lr, args.dense_epochs), args.dense_epochs, seed=seed
-    )
+    cache = None
+    if args.dense_cache:
+        os.makedirs(args.dense_cache, exist_ok=True)
+        tag = f"s{seed}_lr{args.lr}_e{args.dense_epochs}_wd{args.weight_decay}_b{args.batch_size}"
+        cache = os.path.join(args.dense_cache, f"dense_{tag}.npz")
+    if cache is not None and os.path.exists(cache):
+        with np.load(cache) as f:
+            leaves = [f[f"p{i}"] for i in range(len(f.files))]
+        params = jax.tree.unflatten(jax.tree.structure(params), leaves)
+    else:
+        tx = sgd(args.lr, args.dense_epochs)
+        params, _ = demo.fit(
+            model, params, data, tx, args.dense_epochs, seed=seed, batch_size=args.batch_size
+        )
+        if cache is not None:
+            leaves = jax.tree.leaves(params)
+            np.savez(cache, **{f"p{i}": np.asarray(x) for i, x in enumerate(leaves)})
     dense_acc = demo.test_accuracy(model, params, data)
 
     c_rates = [float(c) for c in args.c_rates.split(",")]
@@ -73,6 +87,7 @@ def run(data, args, seed):
         tx,
         args.surgery_epochs,
         seed=seed + 1000,
+        batch_size=args.batch_size,
         straight_through=True,
         on_epoch=track,
     )
@@ -80,9 +95,12 @@ def run(data, args, seed):
     surgery_acc = demo.test_accuracy(model, params, data, masks)
     params = jaxprune.apply_masks(params, masks)
     tx = optax.chain(
-        sgd(args.finetune_lr, args.finetune_epochs, end=0.05), jaxprune.keep_masks(masks)
+        sgd(args.finetune_lr, args.finetune_epochs, end=0.05, wd=args.finetune_weight_decay),
+        jaxprune.keep_masks(masks),
     )
-    params, _ = demo.fit(model, params, data, tx, args.finetune_epochs, seed=seed + 2000)
+    params, _ = demo.fit(
+        model, params, data, tx, args.finetune_epochs, seed=seed + 2000, batch_size=args.batch_size
+    )
     acc = demo.test_accuracy(model, params, data)
     stats = jaxprune.summary(params, masks, print_fn=None)
     densities = {
@@ -118,6 +136,9 @@ def main():
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--sparse-weight-decay", type=float, default=5e-4)
+    parser.add_argument(
+        "--finetune-weight-decay", type=float, default=None, help="default: --weight-decay"
+    )
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--dense-epochs", type=int, default=40)
     parser.add_argument("--c-rates", default="3.0,3.0,2.0", help="c_l for fc1,fc2,fc3")
@@ -129,7 +150,14 @@ def main():
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--finetune-lr", type=float, default=0.005)
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--dense-cache",
+        default=None,
+        help="directory to save/reuse the dense model per seed and dense settings (default: off)",
+    )
     args = parser.parse_args()
+    if args.finetune_weight_decay is None:
+        args.finetune_weight_decay = args.weight_decay
     data = jaxprune.load_mnist(args.data)
     print(f"args: {vars(args)}; load average {os.getloadavg()[0]:.2f}", flush=True)
     rows = []

@@ -51,6 +51,8 @@ from jaxprune._src.masking import count_kept as count_kept
 from jaxprune._src.masking import full_masks as full_masks
 from jaxprune._src.masking import summary as summary
 from jaxprune._src.mnist import load_mnist as load_mnist
+from jaxprune._src.patterns import chain_groups as chain_groups
+from jaxprune._src.patterns import channel_group as channel_group
 from jaxprune._src.regularizers import AddGatePenaltyState as AddGatePenaltyState
 from jaxprune._src.regularizers import AddGroupLassoState as AddGroupLassoState
 from jaxprune._src.regularizers import AddL1State as AddL1State
@@ -111,6 +113,8 @@ __all__ = [
     "apply_masks",
     "bernoulli_gate_deterministic",
     "bernoulli_gate_sample",
+    "chain_groups",
+    "channel_group",
     "channel_indices",
     "check_groups",
     "check_masks",

@@ -42,6 +42,7 @@ Choices settled here (METHODS.md section 19; each is also stated where it applie
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -899,28 +900,52 @@ def select_groups(
     scores: Mapping[str, jax.Array],
     sparsity: Any,
     *,
-    scope: Literal["layerwise", "global"] = "layerwise",
+    scope: Literal["layerwise", "global"] | Mapping[str, Any] = "layerwise",
     normalize: Normalize | None = "l2",
     min_keep: int = 1,
+    max_sparsity: float | Mapping[str, float] | None = None,
+    round_to: int = 1,
 ) -> dict[str, jax.Array]:
     """Turns group scores into one bool keep vector per group (exact counts, ties by index).
 
+    Channels are ranked within a *scope*: every group alone (``"layerwise"``), all groups
+    together (``"global"``), or user-defined sets of groups (a dict from group name to a scope
+    label, e.g. one scope per ResNet stage). A scope of ``N`` channels keeps the
+    ``max(N - floor(sparsity * N), F)`` best, where every group first keeps its own ``F_g``
+    best channels (``F`` is their total): ``F_g = max(min(min_keep, C_g),
+    C_g - floor(max_sparsity_g * C_g))`` for a group of ``C_g`` channels, so no group drops
+    more than ``max_sparsity_g`` of its channels. Finally each group's kept count is rounded
+    *up* to a multiple of ``round_to`` (capped at ``C_g``), keeping its best channels, so that
+    shrunk widths suit the hardware (multiples of 8 for GPU tensor cores, 128 for TPU lanes);
+    rounding up never prunes more than asked. Within a group, ties go to the lowest index;
+    across groups of a scope, to the group whose name sorts first.
+
+    Scores of the groups in a multi-group scope must be comparable: with ``normalize`` each
+    group's vector is first divided by its own norm (Molchanov et al., ICLR 2017).
+    Layer-wise rankings do not depend on it. The per-group ratio cap and the rounding follow
+    common structured-pruning practice (e.g. Torch-Pruning's ``max_pruning_ratio`` and
+    ``round_to``).
+
     Args:
       scores: A dict from group name to a float score vector (higher = keep).
-      sparsity: Fraction of channels to drop: a float (possibly traced) or, for
-        ``scope="layerwise"``, a dict from group name to a float (``None`` = keep all).
-      scope: ``"layerwise"``: every group drops ``floor(sparsity * C)`` channels.
-        ``"global"``: one ranking over all groups after per-group normalization, dropping
-        ``floor(sparsity * total)`` channels in all.
-      normalize: The per-group normalization for ``scope="global"`` (``"l2"`` as Molchanov
-        et al.; ``None`` to compare raw scores). Layer-wise selection does not depend on it.
+      sparsity: Fraction of channels to drop in each scope: a float (possibly traced), or a
+        dict from scope label (the group name for ``"layerwise"``) to a float, where
+        ``None`` keeps the scope whole. ``"global"`` takes one float.
+      scope: ``"layerwise"``, ``"global"``, or a dict giving every group a scope label.
+      normalize: The per-group normalization in multi-group scopes (``"l2"``, ``"l1"``,
+        ``"max"``, ``"mean"``, or ``None`` to compare raw scores).
       min_keep: Every group keeps at least this many channels.
+      max_sparsity: The largest fraction of its channels one group may drop: a float in
+        ``[0, 1]`` or a dict from group name to a float (missing names are not capped).
+      round_to: Kept counts are rounded up to a multiple of this (``1``: no rounding).
 
     Returns:
       A dict from group name to a bool vector (``True`` = kept).
 
     Raises:
-      ValueError: For an unknown ``scope`` or a bad ``sparsity``.
+      ValueError: For an unknown ``scope``, a scope dict that misses groups, a bad
+        ``sparsity``/``max_sparsity`` (outside ``[0, 1]``, or naming unknown scopes or
+        groups), or ``round_to < 1`` / ``min_keep < 0``.
       TypeError: If a score is not a float vector.
 
     Example:
@@ -931,15 +956,131 @@ def select_groups(
       Array([False,  True,  True, False], dtype=bool)
       >>> importance.select_groups(s, 0.5, scope="global")["b"]
       Array([ True, False], dtype=bool)
+      >>> importance.select_groups(s, 0.75, round_to=2)["a"]  # 1 kept, rounded up to 2
+      Array([False,  True,  True, False], dtype=bool)
     """
     scores = _check_scores_dict(scores)
-    if scope == "layerwise":
+    min_keep = base.check_int(min_keep, "min_keep", 0)
+    round_to = base.check_int(round_to, "round_to", 1)
+    simple = max_sparsity is None and round_to == 1 and isinstance(scope, str)
+    if scope == "layerwise" and simple:
         return select_lib.layerwise_topk(scores, sparsity, min_keep=min_keep)
-    if scope == "global":
+    if scope == "global" and simple:
         if normalize is not None:
             scores = normalize_scores(scores, normalize)
         return select_lib.global_topk(scores, sparsity, min_keep=min_keep)
-    raise ValueError(f"`scope` must be 'layerwise' or 'global', got {scope!r}.")
+    labels = _scope_labels(scores, scope)
+    caps = _max_sparsity(scores, max_sparsity)
+    members: dict[Any, list[str]] = {}
+    for name in sorted(scores):
+        members.setdefault(labels[name], []).append(name)
+    if isinstance(sparsity, Mapping):
+        if scope == "global":
+            raise TypeError("`sparsity` must be one number for scope='global'.")
+        unknown = [k for k in sparsity if k not in members]
+        if unknown:
+            raise ValueError(f"`sparsity` names unknown scopes {sorted(map(str, unknown))}.")
+    out = {}
+    for label, names in members.items():
+        s = sparsity.get(label) if isinstance(sparsity, Mapping) else sparsity
+        s = 0.0 if s is None else s
+        what = f"sparsity[{label!r}]" if isinstance(sparsity, Mapping) else "sparsity"
+        s = select_lib._scalar(s, what)
+        vecs = {n: scores[n] for n in names}
+        if len(names) > 1 and normalize is not None:
+            vecs = normalize_scores(vecs, normalize)
+        floors = tuple(_floor(n, int(v.shape[0]), caps, min_keep) for n, v in vecs.items())
+        out.update(_select_scope(vecs, s, floors, round_to))
+    return {name: out[name] for name in scores}
+
+
+def _scope_labels(scores: Mapping[str, jax.Array], scope: Any) -> dict[str, Any]:
+    if isinstance(scope, str):
+        if scope == "layerwise":
+            return {n: n for n in scores}
+        if scope == "global":
+            return {n: None for n in scores}
+        raise ValueError(f"`scope` must be 'layerwise', 'global' or a dict, got {scope!r}.")
+    if not isinstance(scope, Mapping):
+        raise ValueError(f"`scope` must be 'layerwise', 'global' or a dict, got {scope!r}.")
+    missing = sorted(set(scores) - set(scope))
+    extra = sorted(set(scope) - set(scores))
+    if missing or extra:
+        raise ValueError(
+            f"`scope` must give every group a scope label: groups without one {missing}, "
+            f"labels for unknown groups {extra}."
+        )
+    return dict(scope)
+
+
+def _max_sparsity(scores: Mapping[str, jax.Array], max_sparsity: Any) -> dict[str, float]:
+    if max_sparsity is None:
+        return {}
+    if isinstance(max_sparsity, Mapping):
+        extra = sorted(set(max_sparsity) - set(scores))
+        if extra:
+            raise ValueError(f"`max_sparsity` names unknown groups {extra}.")
+        items = dict(max_sparsity)
+    else:
+        items = dict.fromkeys(scores, max_sparsity)
+    out = {}
+    for name, v in items.items():
+        if v is None:
+            continue
+        if not base.is_concrete(v) or np.ndim(v) != 0:
+            raise TypeError(f"`max_sparsity` for group {name!r} must be a concrete number.")
+        base.check_fraction(v, f"max_sparsity[{name!r}]")
+        out[name] = float(v)
+    return out
+
+
+def _ranks(v: jax.Array) -> jax.Array:
+    """Rank of each entry, 0 for the best (highest; ties to the lowest index)."""
+    order = jnp.argsort(-v, stable=True)
+    return jnp.zeros(v.shape, jnp.int32).at[order].set(jnp.arange(v.shape[0], dtype=jnp.int32))
+
+
+def _floor(name: str, c: int, caps: dict[str, float], min_keep: int) -> int:
+    """Channels group ``name`` (of ``c``) keeps whatever the ranking: its floor and its cap."""
+    f = min(min_keep, c)
+    if name in caps:  # the float32 floor of the sparsity counts (exact in float64 here)
+        dropped = np.floor(float(np.float32(caps[name])) * c + min(c, 2**16) * 2.0**-24)
+        f = max(f, c - min(int(dropped), c))
+    return f
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _select_scope(
+    vecs: dict[str, jax.Array], s: jax.Array, floors: tuple[int, ...], round_to: int
+) -> dict[str, jax.Array]:
+    """Exact selection in one scope (small vectors: a sort is cheap and exact).
+
+    Jitted so that an eager call compiles once per configuration, not once per operation.
+    """
+    names = list(vecs)
+    sizes = [int(vecs[n].shape[0]) for n in names]
+    ranks = [_ranks(vecs[n]) for n in names]
+    total = sum(sizes)
+    k = select_lib._num_keep(s, total, sum(floors))
+    if len(names) == 1:
+        counts = [k]
+    else:
+        flat = jnp.concatenate([vecs[n] for n in names])
+        forced = jnp.concatenate([r < f for r, f in zip(ranks, floors, strict=True)])
+        idx = jnp.arange(total, dtype=jnp.int32)
+        # Forced entries first, then by score, then by index.
+        order = jnp.lexsort((idx, -flat, (~forced).astype(jnp.int32)))
+        kept = jnp.zeros(total, bool).at[order].set(idx < k)
+        ends = np.cumsum(sizes)
+        counts = [
+            jnp.sum(kept[e - c : e], dtype=jnp.int32) for e, c in zip(ends, sizes, strict=True)
+        ]
+    out = {}
+    for n, c, r, cnt in zip(names, sizes, ranks, counts, strict=True):
+        if round_to > 1:
+            cnt = jnp.minimum(-(-cnt // round_to) * round_to, c)
+        out[n] = r < cnt
+    return out
 
 
 def group_masks(
@@ -948,9 +1089,11 @@ def group_masks(
     params: base.Params,
     sparsity: Any,
     *,
-    scope: Literal["layerwise", "global"] = "layerwise",
+    scope: Literal["layerwise", "global"] | Mapping[str, Any] = "layerwise",
     normalize: Normalize | None = "l2",
     min_keep: int = 1,
+    max_sparsity: float | Mapping[str, float] | None = None,
+    round_to: int = 1,
 ) -> base.Mask:
     """Selects channels from group scores and expands them onto every coupled axis.
 
@@ -966,6 +1109,8 @@ def group_masks(
       scope: As in :func:`select_groups`.
       normalize: As in :func:`select_groups`.
       min_keep: As in :func:`select_groups`.
+      max_sparsity: As in :func:`select_groups`.
+      round_to: As in :func:`select_groups`.
 
     Returns:
       A mask tree with the structure of ``params`` (``None`` for leaves in no group).
@@ -1001,5 +1146,13 @@ def group_masks(
                 f"scores[{name!r}] has {v.shape[0]} entries, but group {name!r} has "
                 f"{sizes[name]} channels."
             )
-    keep = select_groups(scores, sparsity, scope=scope, normalize=normalize, min_keep=min_keep)
+    keep = select_groups(
+        scores,
+        sparsity,
+        scope=scope,
+        normalize=normalize,
+        min_keep=min_keep,
+        max_sparsity=max_sparsity,
+        round_to=round_to,
+    )
     return groups_lib.expand_group_masks(keep, groups, params)

@@ -560,21 +560,34 @@ def _finish(g: _Graph, order: dict[str, int]) -> Discovery:
         if rs:
             unprunable.append((members, tuple(sorted(rs))))
             continue
-        whole = [m for m in members if m.whole]
-        producers = [m for m in whole if m.axis == _ndim(m, g) - 1 and _ndim(m, g) >= 2]
-        first = (producers or whole)[0]
-        name = f"{first.path}[{first.axis}]"
-        while name in names:
-            name += "'"
-        names.add(name)
-        groups.append(Group(name, members))
+        groups.append(named_group(members, order, g.ndims, names))
     groups.sort(key=lambda gr: key(gr.members[0]))
     unprunable.sort(key=lambda u: key(u[0][0]))
     return Discovery(groups, unprunable)
 
 
-def _ndim(m: Member, g: _Graph) -> int:
-    return g.ndims[m.path]
+def named_group(
+    members: Sequence[Member], order: dict[str, int], ndims: dict[str, int], taken: set[str]
+) -> Group:
+    """The group of ``members`` in canonical form: sorted, named after its first producer.
+
+    Members are sorted by leaf order (``order``), then axis and layout; the name is
+    ``'path[axis]'`` of the first whole member that is the last axis of a kernel (2 or more
+    dims), else of the first whole member, with ``'`` appended until it is not in ``taken``
+    (which is updated). Shared by discovery and the hand-written helpers so both give the
+    same objects.
+    """
+    members = tuple(
+        sorted(members, key=lambda m: (order[m.path], m.axis, m.offset, m.outer, m.inner))
+    )
+    whole = [m for m in members if m.whole]
+    producers = [m for m in whole if ndims[m.path] >= 2 and m.axis == ndims[m.path] - 1]
+    first = (producers or whole or members)[0]
+    name = f"{first.path}[{first.axis}]"
+    while name in taken:
+        name += "'"
+    taken.add(name)
+    return Group(name, members)
 
 
 def trace_groups(
