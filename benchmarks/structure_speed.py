@@ -1,12 +1,14 @@
 """Structural pruning on ResNets: discovery time, counts before/after 50% pruning, shrink time.
 
-For a Linen ResNet-18 (224x224 input, ImageNet head), ResNet-50 and a CIFAR ResNet-56
-(16/32/64 widths, 32x32 input): trace the groups with ``trace_groups``, keep the first half
-of the channels of every prunable group, shrink the variables, rebuild the model from the
-widths spec and count parameters and MACs (batch 1) before and after. The script checks the
-dense ResNet-18 numbers against the independent counts (11,689,512 parameters with BN
-scale/shift, 1.82G MACs) and that the shrunk variables have exactly the shapes of the
-rebuilt model's ``init``.
+For a Linen ResNet-18 (224x224 input, ImageNet head), ResNet-50, a CIFAR ResNet-56
+(16/32/64 widths, 32x32 input) and the same ResNet-56 at 4x width: trace the groups with
+``trace_groups``, keep the first half of the channels of every prunable group, shrink the
+variables, rebuild the model from the widths spec and count parameters and MACs (batch 1)
+before and after. The script checks the dense ResNet-18 numbers against the independent
+counts (11,689,512 parameters with BN scale/shift, 1.82G MACs) and that the shrunk
+variables have exactly the shapes of the rebuilt model's ``init``. Then it times the
+jitted forward (batch 64) of both ResNet-56s before and after shrinking, and one 3x3
+convolution per ResNet-56 stage shape at full and half width.
 
 Usage::
 
@@ -79,7 +81,41 @@ MODELS = {
     "ResNet-18 (224)": (ResNet((2, 2, 2, 2), (64, 128, 256, 512), False, True, 1000), 224),
     "ResNet-50 (224)": (ResNet((3, 4, 6, 3), (64, 128, 256, 512), True, True, 1000), 224),
     "ResNet-56 (CIFAR)": (ResNet((9, 9, 9), (16, 32, 64), False, False, 10), 32),
+    "ResNet-56 x4 (CIFAR)": (ResNet((9, 9, 9), (64, 128, 256), False, False, 10), 32),
 }
+LATENCY = ("ResNet-56 (CIFAR)", "ResNet-56 x4 (CIFAR)")
+
+
+def conv_probe(batch=64, reps=11):
+    """Median ms of one jitted 3x3 conv per ResNet-56 stage shape, full and half width.
+
+    Shows where the time goes: a conv's MACs scale with ``C**2`` but its memory traffic
+    with ``C``, so narrow, memory-bound stages cannot speed up by the MACs ratio.
+    """
+    rng = np.random.default_rng(0)
+    conv = jax.jit(
+        lambda x, k: jax.lax.conv_general_dilated(
+            x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    )
+    rows = []
+    for c, hw in ((16, 32), (32, 16), (64, 8)):
+        args = []
+        for w in (c, c // 2):
+            x = jnp.asarray(rng.normal(size=(batch, hw, hw, w)), jnp.float32)
+            k = jnp.asarray(rng.normal(size=(3, 3, w, w)) / np.sqrt(9 * w), jnp.float32)
+            conv(x, k).block_until_ready()  # compile both shapes before timing
+            args.append((x, k))
+        times = ([], [])
+        for _ in range(reps):  # interleaved
+            for t, a in zip(times, args, strict=True):
+                t0 = time.perf_counter()
+                conv(*a).block_until_ready()
+                t.append(time.perf_counter() - t0)
+        full, half = (statistics.median(t) * 1e3 for t in times)
+        gmacs = batch * hw * hw * 9 * c * c / 1e9
+        rows.append((c, hw, full, half, gmacs / full * 1e3, gmacs / 4 / half * 1e3))
+    return rows
 
 
 def latency(model, small, variables, small_vars, batch=64, reps=7):
@@ -99,10 +135,10 @@ def latency(model, small, variables, small_vars, batch=64, reps=7):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--no-latency", action="store_true", help="skip the ResNet-56 timing")
+    parser.add_argument("--no-latency", action="store_true", help="skip the ResNet-56 timings")
     args = parser.parse_args()
     rows = []
-    lat = None
+    lat = {}
     for name, (model, size) in MODELS.items():
         x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
         shapes = jax.eval_shape(model.init, jax.random.key(0), x)
@@ -140,10 +176,13 @@ def main():
                 t_shrink,
             )
         )
-        if name.startswith("ResNet-56") and not args.no_latency:
+        if name in LATENCY and not args.no_latency:
             dense = jax.tree.map(_random_like, shapes)
             small_dense = shrink(dense, gm, found.groups)
-            lat = (*latency(model, small, dense, small_dense), before.total_macs / after.total_macs)
+            lat[name] = (
+                *latency(model, small, dense, small_dense),
+                before.total_macs / after.total_macs,
+            )
         if name.startswith("ResNet-18"):
             assert n_params(before) == 11_689_512, n_params(before)
             assert abs(before.total_macs / 1.82e9 - 1) < 0.01, before.total_macs
@@ -157,14 +196,22 @@ def main():
             f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:,} | {r[4] / 1e9:.3f}G | {r[5]:,} | "
             f"{r[6] / 1e9:.3f}G | {r[7]:.2f} s | {r[8]:.2f} s |"
         )
-    if lat:
-        ta, tb, ratio = lat
+    for name, (ta, tb, ratio) in lat.items():
         print(
-            "\nResNet-56 jitted forward, batch 64, median of 7 interleaved: "
+            f"\n{name} jitted forward, batch 64, median of 7 interleaved: "
             f"dense {ta * 1e3:.1f} ms, shrunk {tb * 1e3:.1f} ms, "
             f"speed-up {ta / tb:.2f}x (MACs ratio {ratio:.2f}x,"
             f" measured / MACs ratio {ta / tb / ratio:.2f})"
         )
+    if not args.no_latency:
+        print("\nOne 3x3 conv per ResNet-56 stage, batch 64, median of 11 interleaved:")
+        print("| channels | map | full ms | half ms | speed-up (MACs 4x) | GMAC/s full | half |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for c, hw, full, half, g_full, g_half in conv_probe():
+            print(
+                f"| {c} -> {c // 2} | {hw}x{hw} | {full:.2f} | {half:.2f} | {full / half:.2f}x | "
+                f"{g_full:.0f} | {g_half:.0f} |"
+            )
 
 
 _RNG = np.random.default_rng(1)
