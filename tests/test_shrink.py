@@ -168,6 +168,41 @@ def test_shrink_matches_longest_suffix_and_leaves_others():
     assert out["mu"]["k"].shape == (4,) and out["count"].shape == ()
 
 
+def test_shrink_refuses_same_path_leaves_of_different_shapes():
+    # Adafactor-like factored moments end with the parameter's path but are not copies of it.
+    tree = {
+        "params": {"fc": {"kernel": jnp.ones((3, 4))}},
+        "v_row": {"params": {"fc": {"kernel": jnp.ones((3,))}}},
+    }
+    g = jaxprune.Group("h", (jaxprune.Member("params/fc/kernel", 1),))
+    with pytest.raises(ValueError, match=r"'v_row/params/fc/kernel' \(shape \(3,\)\) and"):
+        shrink(tree, {"h": np.array([1, 0, 1, 1], bool)}, [g])
+
+
+def test_shrink_keeps_shardings_where_sizes_still_divide():
+    devices = jax.devices()
+    assert len(devices) == 8
+    mesh = jax.make_mesh((4, 2), ("data", "model"), devices=devices)
+    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "model"))
+    params = {
+        "a": jax.device_put(jnp.arange(8 * 16.0).reshape(8, 16), sharded),
+        "b": jax.device_put(jnp.ones((16, 6)), sharded.update(spec=("model", None))),
+        "c": jax.device_put(jnp.ones((16,)), devices[3]),
+    }
+    M = jaxprune.Member
+    g = jaxprune.Group("h", (M("a", 1), M("b", 0), M("c", 0)))
+    keep = np.arange(16) % 2 == 0  # 8 kept: divides the 2-way model axis
+    out = shrink(params, {"h": keep}, [g])
+    assert out["a"].sharding.spec == sharded.spec and out["a"].shape == (8, 8)
+    np.testing.assert_array_equal(out["a"], np.asarray(params["a"])[:, keep])
+    assert out["b"].sharding.spec[0] == "model"
+    assert out["c"].sharding == params["c"].sharding  # still on device 3
+    odd = np.arange(16) < 7  # 7 kept: no longer divides, replicated along that dim only
+    out = shrink(params, {"h": odd}, [g])
+    assert tuple(out["a"].sharding.spec) == ("data", None) and out["a"].shape == (8, 7)
+    np.testing.assert_array_equal(out["a"], np.asarray(params["a"])[:, :7])
+
+
 # ---------------------------------------------------------------------------------------
 # count
 

@@ -17,12 +17,15 @@ it (``'0/mu/params/conv1/kernel'``); for a params-only tree and its optimizer st
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, SingleDeviceSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxprune._src import base
 from jaxprune._src.groups import Group, channel_indices
@@ -90,13 +93,16 @@ def shrink(tree: Any, group_masks: Mapping[str, Any], groups: Sequence[Group]) -
       groups: The groups, e.g. ``trace_groups(...).groups``.
 
     Returns:
-      A tree of the same structure whose matched leaves are smaller ``jax.Array`` s (on the
-      default device: re-apply shardings with ``jax.device_put`` if needed); other leaves
-      are returned as they are.
+      A tree of the same structure whose matched leaves are smaller ``jax.Array`` s; other
+      leaves are returned as they are. A shrunk leaf keeps its ``NamedSharding`` (mesh and
+      spec) where its new sizes still divide the mesh axes; a dimension that no longer
+      divides is replicated instead (choose ``round_to`` in selection to avoid it). A leaf
+      on one device stays on that device; host arrays come back on the default device.
 
     Raises:
-      ValueError: If a group has no mask, or a mask does not fit a matched leaf (the message
-        names the group and the path).
+      ValueError: If a group has no mask, a mask does not fit a matched leaf (the message
+        names the group and the path), or two leaves matched to the same member path differ
+        in shape (e.g. the factored moments of Adafactor, which are not parameter copies).
 
     Example:
       >>> import jax.numpy as jnp
@@ -109,19 +115,46 @@ def shrink(tree: Any, group_masks: Mapping[str, Any], groups: Sequence[Group]) -
       ((3, 2), (2, 2))
     """
     members = _by_path(groups, group_masks)
+    seen: dict[str, tuple[str, tuple[int, ...]]] = {}
 
     def one(path, x):
         if x is None or not hasattr(x, "shape") or not np.ndim(x):
             return x
-        m = _match(base.path_str(path), members)
+        p = base.path_str(path)
+        m = _match(p, members)
         if m is None:
             return x
+        shape = tuple(np.shape(x))
+        first, first_shape = seen.setdefault(m, (p, shape))
+        if shape != first_shape:
+            raise ValueError(
+                f"{p!r} (shape {shape}) and {first!r} (shape {first_shape}) both match the "
+                f"member path {m!r} but differ in shape; shrink only cuts exact copies of a "
+                "parameter (params, Adam-like moments). Pass the subtree that mirrors it."
+            )
         arr = np.asarray(x)
-        for axis, line in _lines(base.path_str(path), arr.shape, members[m]).items():
+        for axis, line in _lines(p, arr.shape, members[m]).items():
             arr = np.take(arr, np.flatnonzero(line), axis=axis)
-        return jnp.asarray(arr, dtype=x.dtype)
+        out = jnp.asarray(arr, dtype=x.dtype)
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, NamedSharding):
+            out = jax.device_put(out, _fit(sharding, arr.shape))
+        elif isinstance(sharding, SingleDeviceSharding):
+            out = jax.device_put(out, sharding)
+        return out
 
     return jax.tree_util.tree_map_with_path(one, tree, is_leaf=base.is_none)
+
+
+def _fit(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
+    """``sharding`` with every dim that no longer divides evenly replicated instead."""
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    mesh_shape = dict(sharding.mesh.shape)
+    for d, entry in enumerate(spec):
+        axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        if shape[d] % math.prod(mesh_shape[a] for a in axes):
+            spec[d] = None
+    return NamedSharding(sharding.mesh, P(*spec), memory_kind=sharding.memory_kind)
 
 
 def widths(
