@@ -73,6 +73,7 @@ CASES = [
     (zoo.InvertedResidual(), (2, 6, 6, 3), {"stem": 2, "expand": 6, "dw": 6, "project": 2}),
     (zoo.UNet(), (2, 8, 8, 3), {"down": 2, "bottom": 3, "up": 2}),
     (zoo.VGG(), (2, 8, 8, 3), {"c1": 2, "c2": 3, "c3": 4, "fc": 5}),
+    (zoo.Grouped(), (2, 6, 6, 3), {"pw": 4, "g1": 4, "g2": 4}),
 ]
 
 
@@ -348,6 +349,39 @@ def test_nnx_masked_equals_shrunk_in_place_then_train():
 
     loss0 = step(net, opt)
     assert float(step(net, opt)) < float(loss0)
+
+
+@pytest.mark.standard_dtypes
+def test_nnx_grouped_conv_masked_equals_shrunk_in_place():
+    from flax import nnx
+
+    from jaxprune._src.shrink import shrink_module
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.pw = nnx.Conv(3, 8, (1, 1), rngs=rngs)
+            self.g = nnx.Conv(8, 12, (3, 3), feature_group_count=4, rngs=rngs)
+            self.out = nnx.Conv(12, 2, (1, 1), rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(nnx.relu(self.g(nnx.relu(self.pw(x)))))
+
+    net = Net(nnx.Rngs(0))
+    for mod in (net.pw, net.g):
+        mod.bias.set_value(jnp.linspace(0.5, 1.0, mod.bias.get_value().shape[0]))
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 5, 5, 3)), jnp.float32)
+    gd, state = nnx.split(net)
+    found = trace_groups(lambda s, v: nnx.merge(gd, s)(v), state, x)
+    assert jaxprune.check_groups(found.groups, state) == {"pw/kernel[3]": 2, "g/kernel[3]": 3}
+    gm = {"pw/kernel[3]": np.array([0, 1]), "g/kernel[3]": np.array([1, 0, 1])}
+    gm = {k: v.astype(bool) for k, v in gm.items()}
+    masked = jaxprune.apply_masks(state, jaxprune.expand_group_masks(gm, found.groups, state))
+    ref = nnx.merge(gd, masked)(x)
+    assert float(jnp.max(jnp.abs(ref - net(x)))) > 1e-3
+    shrink_module(net, gm, found.groups)
+    assert net.g.kernel_shape == (3, 3, 1, 8) and net.g.feature_group_count == 4
+    assert (net.pw.out_features, net.g.in_features, net.out.in_features) == (4, 4, 8)
+    np.testing.assert_allclose(net(x), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_readme_flow_lenet5_scores_select_shrink_count():

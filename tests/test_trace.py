@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import jaxprune
 from jaxprune import Member
 from jaxprune._src.trace import groups_under, trace_groups
 
@@ -175,18 +176,31 @@ def test_depthwise_multiplier_is_inner_layout():
     assert Member("params/out/kernel", 2, inner=2) in g.members
 
 
-def test_grouped_conv_is_unprunable_with_reason():
-    class G(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            x = nn.Conv(8, (1, 1), name="pw")(x)
-            x = nn.Conv(8, (3, 3), feature_group_count=2, name="g")(x)
-            return nn.Conv(2, (1, 1), name="out")(x)
-
-    v, x = _abstract(G(), (1, 5, 5, 3))
-    d = trace_groups(G().apply, v, x)
-    assert d.groups == []
-    assert any("grouped convolution" in " ".join(r) for _, r in d.unprunable)
+def test_grouped_conv_prunes_one_in_group_index_across_all_groups():
+    model = zoo.Grouped()
+    v, x = _abstract(model, (1, 5, 5, 3))
+    d = trace_groups(model.apply, v, x)
+    groups = _by_name(d)
+    assert sorted(groups) == ["params/g1/kernel[3]", "params/g2/kernel[3]", "params/pw/kernel[3]"]
+    # pw's 8 outputs feed 2 groups of 4: channel j of the group is pw rows {j, 4 + j}.
+    assert _members(groups["params/pw/kernel[3]"]) == {
+        ("params/pw/kernel", 3, 0, 2, 1),
+        ("params/pw/bias", 0, 0, 2, 1),
+        ("params/g1/kernel", 2, 0, 1, 1),
+    }
+    # g1's per-group outputs are g2's per-group inputs (same layout, merged into one group).
+    assert _members(groups["params/g1/kernel[3]"]) == {
+        ("params/g1/kernel", 3, 0, 2, 1),
+        ("params/g1/bias", 0, 0, 2, 1),
+        ("params/g2/kernel", 2, 0, 1, 1),
+    }
+    # No member is whole here: the count comes from the tiling members (8 / 2).
+    assert _members(groups["params/g2/kernel[3]"]) == {
+        ("params/g2/kernel", 3, 0, 2, 1),
+        ("params/g2/bias", 0, 0, 2, 1),
+        ("params/out/kernel", 2, 0, 2, 1),
+    }
+    assert jaxprune.check_groups(d.groups, v) == dict.fromkeys(groups, 4)
 
 
 def test_unsupported_primitive_is_recorded_never_guessed():

@@ -153,3 +153,18 @@ class VGG(nn.Module):
         x = nn.relu(nn.BatchNorm(use_running_average=True, name="c3_bn")(x))
         x = nn.relu(nn.Dense(self.fc, name="fc")(x.reshape(x.shape[0], -1)))
         return nn.Dense(3, name="head")(x)
+
+
+class Grouped(nn.Module):
+    """ResNeXt-style: 1x1 conv -> two grouped 3x3 convs (2 groups) -> 1x1 conv."""
+
+    pw: int = 8
+    g1: int = 8
+    g2: int = 8
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(self.pw, (1, 1), name="pw")(x))
+        x = nn.relu(nn.Conv(self.g1, (3, 3), feature_group_count=2, name="g1")(x))
+        x = nn.relu(nn.Conv(self.g2, (3, 3), feature_group_count=2, name="g2")(x))
+        return nn.Conv(3, (1, 1), name="out")(x)

@@ -98,7 +98,9 @@ def group_size(group: Group, params: base.Params) -> int:
     """Returns the number of channels of ``group``, checked against every member.
 
     A member whose ``outer``/``inner``/``offset`` are the defaults must span its whole axis;
-    the others must fit in it.
+    the others must fit in it. The count comes from the whole members; a group with none
+    (the per-group outputs of a grouped convolution) takes it from members with offset 0
+    and ``partial=False``, which tile their axis exactly: ``length / (outer * inner)``.
 
     Args:
       group: The group.
@@ -124,10 +126,15 @@ def group_size(group: Group, params: base.Params) -> int:
             )
         if m.whole:
             sizes[m] = shape[m.axis]
+    if not sizes:  # strided members that tile their whole axis fix it too (grouped convs)
+        for m in group.members:
+            length = leaves[m.path].shape[m.axis]
+            if not m.partial and m.offset == 0 and length % (m.outer * m.inner) == 0:
+                sizes[m] = length // (m.outer * m.inner)
     if not sizes:
         raise ValueError(
-            f"group {group.name!r}: at least one member must span its whole axis to fix the "
-            "channel count."
+            f"group {group.name!r}: at least one member must span its whole axis (or tile "
+            "it with offset 0 and partial=False) to fix the channel count."
         )
     counts = set(sizes.values())
     if len(counts) != 1:

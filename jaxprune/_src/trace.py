@@ -16,7 +16,9 @@ Rules (each creates unions only where the structure says two axes index the same
   axis with the output feature axis, batch with batch. With ``feature_group_count`` equal to
   the number of input channels (depthwise), the input channels are coupled to the output
   channels (with a channel multiplier ``m`` the output is laid out ``(C, m)``). Other grouped
-  convolutions are left unprunable. Spatial axes are never channels.
+  convolutions (``G`` groups) prune the same in-group index ``j`` in every group, so the
+  groups stay equal: the input axis is a strided parent (``outer=G``) of the kernel's input
+  axis, and the output axis of a per-group output index. Spatial axes are never channels.
 * element-wise primitives (``add``, ``mul``, ``max``, ``exp``, ``select_n``, ...): the same
   axis of operands and result, **only where the sizes are equal and larger than 1**
   (broadcasting from size 1 is not a coupling).
@@ -116,6 +118,9 @@ class _Graph:
         self.members: dict[int, list[tuple[str, int]]] = {}
         self.rels: list[_Rel] = []
         self.ndims: dict[str, int] = {}
+        # Nodes whose channels are exactly a strided view of their parent (a grouped conv's
+        # per-group output index): their class may have no whole member.
+        self.strided_roots: set[int] = set()
 
     def new(self, shape: Sequence[int]) -> tuple[int, ...]:
         start = len(self.parent)
@@ -312,6 +317,16 @@ class _Walker:
                 self._same(lhs[ls[1]], out[os_[1]], c_in, c_out)
             else:  # depthwise with channel multiplier: output laid out (C, m)
                 g.rel(out[os_[1]], lhs[ls[1]], inner=c_out // c_in)
+        elif c_in % groups == 0 and c_out % groups == 0 and sr[rs[1]] == c_in // groups:
+            # Grouped: input channel g * (c_in / G) + j meets kernel input row j of every
+            # group, and output channel g * (c_out / G) + j belongs to group g. A prunable
+            # channel is one j across all G groups, so each group stays the same size: the
+            # input axis is a strided parent (outer=G) of the kernel's input axis, and the
+            # output axis a strided parent of a new node for the per-group output index.
+            g.rel(lhs[ls[1]], rhs[rs[1]], outer=groups)
+            (per_group,) = g.new((c_out // groups,))
+            g.rel(out[os_[1]], per_group, outer=groups)
+            g.strided_roots.add(per_group)
         else:
             g.mark(
                 [lhs[ls[1]], rhs[rs[1]], rhs[rs[0]], out[os_[1]]],
@@ -505,7 +520,26 @@ def _compose(m: Member, rel: _Rel, parent_len: int, child_len: int) -> Member | 
     return None
 
 
+def _merge_same_layout_children(g: _Graph) -> None:
+    """Unions children laid out identically on the same parent class: the same channels.
+
+    E.g. a grouped convolution's per-group outputs read by a second grouped convolution with
+    the same number of groups, or one map flattened twice.
+    """
+    changed = True
+    while changed:
+        changed = False
+        seen: dict[tuple, int] = {}
+        for r in g.rels:
+            key = (g.find(r.parent), r.offset, r.outer, r.inner, r.partial, g.size[r.child])
+            other = seen.setdefault(key, r.child)
+            if g.find(other) != g.find(r.child):
+                g.union(other, r.child)
+                changed = True
+
+
 def _finish(g: _Graph, order: dict[str, int]) -> Discovery:
+    _merge_same_layout_children(g)
     find = g.find
     direct: dict[int, set[Member]] = {}
     for node, lst in g.members.items():
@@ -547,6 +581,7 @@ def _finish(g: _Graph, order: dict[str, int]) -> Discovery:
         return (order[m.path], m.axis, m.offset, m.outer, m.inner)
 
     groups, unprunable, names = [], [], set()
+    strided = {find(n) for n in g.strided_roots}
     roots = sorted({find(i) for i in range(len(g.parent))})
     for c in roots:
         if c in is_parent:
@@ -555,7 +590,7 @@ def _finish(g: _Graph, order: dict[str, int]) -> Discovery:
         if not mem:
             continue
         members = tuple(sorted(mem, key=key))
-        if not rs and not any(m.whole for m in members):
+        if not rs and not any(m.whole for m in members) and c not in strided:
             rs = {"no member spans the whole axis"}
         if rs:
             unprunable.append((members, tuple(sorted(rs))))
@@ -572,17 +607,20 @@ def named_group(
     """The group of ``members`` in canonical form: sorted, named after its first producer.
 
     Members are sorted by leaf order (``order``), then axis and layout; the name is
-    ``'path[axis]'`` of the first whole member that is the last axis of a kernel (2 or more
-    dims), else of the first whole member, with ``'`` appended until it is not in ``taken``
-    (which is updated). Shared by discovery and the hand-written helpers so both give the
-    same objects.
+    ``'path[axis]'`` of the first member that is the last axis of a kernel (2 or more dims),
+    whole ones first, else of the first whole member, else of the first member, with ``'``
+    appended until it is not in ``taken`` (which is updated). Shared by discovery and the
+    hand-written helpers so both give the same objects.
     """
     members = tuple(
         sorted(members, key=lambda m: (order[m.path], m.axis, m.offset, m.outer, m.inner))
     )
+
+    def producers(ms):
+        return [m for m in ms if ndims[m.path] >= 2 and m.axis == ndims[m.path] - 1]
+
     whole = [m for m in members if m.whole]
-    producers = [m for m in whole if ndims[m.path] >= 2 and m.axis == ndims[m.path] - 1]
-    first = (producers or whole or members)[0]
+    first = (producers(whole) or producers(members) or whole or members)[0]
     name = f"{first.path}[{first.axis}]"
     while name in taken:
         name += "'"
