@@ -212,6 +212,8 @@ def test_errors_name_the_argument():
         importance.select_groups(scores, 0.5, scope={"a": 0})
     with pytest.raises(ValueError, match=r"unknown groups \['c'\]"):
         importance.select_groups(scores, 0.5, scope={"a": 0, "b": 0, "c": 1})
+    with pytest.raises(ValueError, match=r"does not cover the scopes \['b'\]"):
+        importance.select_groups(scores, {"a": 0.5}, round_to=2)
     with pytest.raises(ValueError, match="unknown scopes"):
         importance.select_groups(scores, {"x": 0.5}, scope={"a": 0, "b": 0})
     with pytest.raises(ValueError, match="max_sparsity"):

@@ -980,6 +980,12 @@ def select_groups(
         unknown = [k for k in sparsity if k not in members]
         if unknown:
             raise ValueError(f"`sparsity` names unknown scopes {sorted(map(str, unknown))}.")
+        missing = [k for k in members if k not in sparsity]
+        if missing:
+            raise ValueError(
+                f"`sparsity` does not cover the scopes {sorted(map(str, missing))}: give a "
+                "value (or None to keep a scope whole) for each."
+            )
     out = {}
     for label, names in members.items():
         s = sparsity.get(label) if isinstance(sparsity, Mapping) else sparsity
