@@ -1,4 +1,4 @@
-"""Flax Linen glue: learned gate layers and labels for slimming and gate penalties.
+"""Flax Linen glue: learned gate layers, labels for slimming and gate penalties, rebuilding.
 
 The gates store their parameters under jaxprune's reserved names (``l0_log_alpha``,
 ``bernoulli_gate``, ``channel_gate``), which :func:`jaxprune.gate_labels`, the penalties
@@ -13,6 +13,7 @@ from jaxprune._src.gates_linen import HardConcreteGate as HardConcreteGate
 from jaxprune._src.gates_linen import hard_concrete_init as hard_concrete_init
 from jaxprune._src.gates_linen import slimming_labels as slimming_labels
 from jaxprune._src.learned import gate_labels as gate_labels
+from jaxprune._src.shrink import rebuild as rebuild
 
 __all__ = [
     "BernoulliGate",
@@ -20,5 +21,6 @@ __all__ = [
     "HardConcreteGate",
     "gate_labels",
     "hard_concrete_init",
+    "rebuild",
     "slimming_labels",
 ]

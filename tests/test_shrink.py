@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import pathlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,8 +59,7 @@ def _prune(model, shape):
     masked = jaxprune.apply_masks(variables, masks)
     small_vars = shrink(variables, gm, found.groups)
     spec = widths(found.groups, gm, variables)
-    fields = {f.name for f in dataclasses.fields(model)}
-    small = dataclasses.replace(model, **{k: v for k, v in spec.items() if k in fields})
+    small = jaxprune.linen.rebuild(model, spec, small_vars, x)  # checks every shape
     return x, variables, found, gm, masked, small_vars, small, spec
 
 
@@ -102,6 +102,27 @@ def test_masked_model_equals_shrunk_model(model, shape, expected):
 
     p1, loss0 = step(small_vars["params"])
     assert float(step(p1)[1]) < float(loss0)
+
+
+def test_linen_rebuild_reports_widths_it_cannot_set():
+    class Fixed(nn.Module):  # its hidden width is not a field: it cannot be rebuilt
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(2, name="out")(nn.relu(nn.Dense(6, name="hidden")(x)))
+
+    x, variables, found, gm, _, small_vars, *_ = _prune(zoo.MLP(), (4, 5))
+    spec = widths(found.groups, gm, variables)
+    assert jaxprune.linen.rebuild(zoo.MLP(), spec, small_vars, x).fc1 == 6
+    xf = jnp.ones((4, 5))
+    vf = _init(Fixed(), xf)
+    gf = trace_groups(Fixed().apply, vf, xf).groups
+    keep = {gf[0].name: np.arange(6) < 3}
+    with pytest.raises(
+        ValueError, match=r"params/hidden/kernel: rebuilt \(5, 6\), shrunk \(5, 3\)"
+    ):
+        jaxprune.linen.rebuild(Fixed(), widths(gf, keep, vf), shrink(vf, keep, gf), xf)
+    with pytest.raises(ValueError, match=r"without a width field on the model: \['hidden'\]"):
+        jaxprune.linen.rebuild(Fixed(), widths(gf, keep, vf), shrink(vf, keep, gf), xf)
 
 
 def test_shrink_keeps_the_right_rows_of_a_flatten():
