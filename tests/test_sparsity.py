@@ -425,3 +425,27 @@ def test_keep_masks_fixed_mask_retraining(name):
         jaxprune.keep_masks({**masks, "fc": {"kernel": jnp.ones((3,), bool), "bias": None}}).init(
             params
         )
+
+
+def test_auto_method_in_the_step_bisects_small_trees_with_the_same_masks():
+    from jaxprune._src.sparsity import _BISECT_MAX, _step_method
+
+    small = {"a": jax.ShapeDtypeStruct((1000, 1000), jnp.float32), "b": None}
+    big = {"a": jax.ShapeDtypeStruct((_BISECT_MAX + 1,), jnp.float32)}
+    assert _step_method("auto", small) == "bisect" and _step_method("auto", big) == "auto"
+    assert _step_method("radix", small) == "radix"
+    # Both searches are exact: the masks of "auto" (bisection here) equal the radix ones,
+    # ties included (integer-valued weights).
+    rng = np.random.default_rng(0)
+    params = {
+        "fc1": {"kernel": jnp.asarray(rng.integers(-3, 4, (40, 30)), jnp.float32)},
+        "fc2": {"kernel": jnp.asarray(rng.normal(size=(30, 10)), jnp.float32)},
+    }
+    for distribution in ("uniform", "global"):
+        out = []
+        for method in ("auto", "radix"):
+            tx = jaxprune.optax_sparsity(0.7, distribution=distribution, method=method)
+            state = tx.init(params)
+            _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+            out.append(jaxprune.masks(state))
+        chex.assert_trees_all_equal(*out)

@@ -11,6 +11,7 @@ so that ``optax.apply_updates`` leaves it exactly ``0.0`` whatever optimizer cam
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -112,6 +113,17 @@ def _array_every(every: Any, begin: Any, end: Any) -> Callable[[jax.Array], jax.
     return predicate
 
 
+_BISECT_MAX = 2**20  # scored entries up to which "auto" bisects inside the train step
+
+
+def _step_method(method: str, scores: Any) -> str:
+    """The top-k method for mask updates inside the step (see ``optax_sparsity``'s doc)."""
+    if method != "auto":
+        return method
+    n = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(scores))
+    return "bisect" if n <= _BISECT_MAX else "auto"
+
+
 def optax_sparsity(
     sparsity: Any = None,
     *,
@@ -201,7 +213,11 @@ def optax_sparsity(
       select_fn: Optional ``(scores, per_leaf_sparsity) -> masks`` replacing the top-k
         selection (scores are already reduced to ``granularity``).
       method: Top-k search of :func:`jaxprune.select.topk_mask`: ``"auto"``, ``"radix"``
-        or ``"bisect"``.
+        or ``"bisect"``. Inside the train step ``"auto"`` bisects trees of up to ``2**20``
+        scored entries and uses the radix select above that: on XLA:CPU the radix branch
+        of the ``lax.cond`` cost LeNet-5 about 9% per step even when not taken, and
+        bisection was faster at this size when taken (``benchmarks/step_overhead.py``);
+        the radix select wins on large trees.
       l1: Strength (or schedule) of an L1 penalty on the ``prunable`` leaves, applied as
         :func:`jaxprune.prox_l1`.
       group_lasso: Strength (or schedule) of a group lasso over ``group_lasso_groups``, or,
@@ -339,13 +355,14 @@ def optax_sparsity(
         target = targets(prunable_params, count)
         if select_fn is not None:
             return select_fn(scores, target)
+        how = _step_method(method, scores)
         if (
             distribution == "global"
             and not per_path
             and not isinstance(sparsity, (Mapping, list, tuple))
         ):
-            return select_lib.global_topk(scores, target, min_keep=min_keep, method=method)
-        return select_lib.layerwise_topk(scores, target, min_keep=min_keep, method=method)
+            return select_lib.global_topk(scores, target, min_keep=min_keep, method=how)
+        return select_lib.layerwise_topk(scores, target, min_keep=min_keep, method=how)
 
     def update_fn(updates, state, params=None, *, raw_grads=None, **extra_args):
         del extra_args
