@@ -203,6 +203,42 @@ def test_grouped_conv_prunes_one_in_group_index_across_all_groups():
     assert jaxprune.check_groups(d.groups, v) == dict.fromkeys(groups, 4)
 
 
+def test_overlapping_views_of_one_axis_are_left_out():
+    def slices(p, x):
+        h = jax.nn.relu(x @ p["a"])
+        return h[:, :4] @ p["b"] + h[:, 2:6] @ p["c"]
+
+    p = {"a": jnp.ones((3, 6)), "b": jnp.ones((4, 2)), "c": jnp.ones((4, 2))}
+    d = trace_groups(slices, p, jnp.ones((2, 3)))
+    assert d.groups == []
+    assert any("overlapping views" in " ".join(r) for _, r in d.unprunable)
+
+    def disjoint(p, x):
+        h = jax.nn.relu(x @ p["a"])
+        return h[:, :4] @ p["b"] + h[:, 4:6] @ p["d"]
+
+    p = {"a": p["a"], "b": p["b"], "d": jnp.ones((2, 2))}
+    d = trace_groups(disjoint, p, jnp.ones((2, 3)))
+    assert [len(g.members) for g in d.groups] == [2, 2]  # a's columns [0, 4) and [4, 6)
+
+    class TwoGroupings(nn.Module):  # one map read by convs with 2 and with 4 groups
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Conv(8, (1, 1), name="pw")(x))
+            a = nn.Conv(8, (3, 3), feature_group_count=2, name="g2")(h)
+            b = nn.Conv(8, (3, 3), feature_group_count=4, name="g4")(h)
+            return nn.Conv(2, (1, 1), name="out")(a + b)
+
+    v, x = _abstract(TwoGroupings(), (1, 5, 5, 3))
+    d = trace_groups(TwoGroupings().apply, v, x)
+    pw = [g for g in d.groups if any(m.path == "params/pw/kernel" for m in g.members)]
+    assert pw == []
+    assert any(
+        "overlapping views" in " ".join(r) and any(m.path == "params/pw/kernel" for m in ms)
+        for ms, r in d.unprunable
+    )
+
+
 def test_unsupported_primitive_is_recorded_never_guessed():
     def f(p, x):
         h = x @ p["a"]

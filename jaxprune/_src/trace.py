@@ -42,7 +42,9 @@ the child classes with the composed layout. A class touching an axis of a model 
 output, a spatial or pooled axis, or an unsupported primitive is unprunable, and so are its
 children; so is a class whose layout on some member is not one ``(offset, outer, inner)``
 stride (a concatenation flattened into a Dense layer), or that has no member spanning its
-whole axis (attention heads split out of a projection). Each group is named after its first
+whole axis (attention heads split out of a projection), or that claims entries of a parent
+axis which a sibling view indexes differently (overlapping slices, grouped convolutions with
+different group counts on one map). Each group is named after its first
 "producer" member, the last axis of a kernel, e.g. ``'params/conv1/kernel[3]'``.
 """
 
@@ -538,6 +540,52 @@ def _merge_same_layout_children(g: _Graph) -> None:
                 changed = True
 
 
+def _mark_overlapping_children(
+    parents_of: dict[int, list[_Rel]], size: dict[int, int], reasons: dict[int, set[str]]
+) -> None:
+    """Children that claim the same entries of one parent axis in different ways conflict.
+
+    E.g. two slices ``x[..., :4]`` and ``x[..., 2:6]``, or grouped convolutions with
+    different group counts reading the same channels: pruning one child's channel would
+    remove entries the other indexes differently, so both are left unprunable. Children
+    that are orthogonal factors of one layout (the ``H``, ``W`` and ``C`` of a flatten) do
+    not conflict.
+    """
+    by_parent: dict[int, dict[int, _Rel]] = {}
+    for rels in parents_of.values():
+        for r in rels:
+            by_parent.setdefault(r.parent, {})[r.child] = r
+
+    def entries(r: _Rel, n: int) -> np.ndarray:
+        c = size[r.child]
+        o = np.arange(r.outer)[:, None, None] * c + np.arange(c)[None, :, None]
+        idx = (r.offset + o * r.inner + np.arange(r.inner)[None, None, :]).ravel()
+        return idx[idx < n]
+
+    def factors(a: _Rel, b: _Rel, n: int) -> bool:
+        def tiles(r):
+            return not r.partial and r.offset == 0 and r.outer * size[r.child] * r.inner == n
+
+        if not (tiles(a) and tiles(b)):
+            return False
+        ba, bb = size[a.child] * a.inner, size[b.child] * b.inner
+        return b.inner % ba == 0 or a.inner % bb == 0
+
+    for parent, children in by_parent.items():
+        if len(children) < 2:
+            continue
+        n = size[parent]
+        rels = list(children.values())
+        sets = [set(entries(r, n).tolist()) for r in rels]
+        for i in range(len(rels)):
+            for j in range(i + 1, len(rels)):
+                if sets[i] & sets[j] and not factors(rels[i], rels[j], n):
+                    for r in (rels[i], rels[j]):
+                        reasons.setdefault(r.child, set()).add(
+                            "overlapping views of one axis (slices or groupings that disagree)"
+                        )
+
+
 def _finish(g: _Graph, order: dict[str, int]) -> Discovery:
     _merge_same_layout_children(g)
     find = g.find
@@ -555,6 +603,7 @@ def _finish(g: _Graph, order: dict[str, int]) -> Discovery:
         parents_of.setdefault(rr.child, []).append(rr)
         is_parent.add(rr.parent)
     size = {find(i): g.size[i] for i in range(len(g.parent))}
+    _mark_overlapping_children(parents_of, size, reasons)
 
     memo: dict[int, tuple[set[Member], set[str]]] = {}
 
