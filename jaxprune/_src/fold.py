@@ -1,0 +1,212 @@
+"""Folding the constant output of pruned channels forward into the consumers (Flax Linen).
+
+When a channel's producer weights are removed, the channel does not go silent: it keeps
+emitting a constant, ``act(bias)`` or ``act(beta - gamma * mean / sqrt(var + eps))`` for a
+batch-normalized channel (network slimming prunes channels whose ``gamma`` is near zero,
+which emit exactly that). Masking the bias and BN shift too (what
+:func:`jaxprune.expand_group_masks` does) drops that constant, which changes the function.
+:func:`fold_forward` instead measures the constant each pruned channel feeds every consumer
+and adds its contribution to the consumer's bias (or, for a bias-free consumer followed by
+batch normalization, subtracts it from the running mean), so that the shrunk network computes
+what the network with only the producer weights removed computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprune._src import base
+from jaxprune._src.groups import Group, Member, channel_indices, check_groups
+
+
+def _kernels_on(g: Group, ndims: dict[str, int], from_end: int) -> list[Member]:
+    """Members on axis ``ndim - from_end`` of a kernel (a leaf with 2 or more axes)."""
+    return [
+        m
+        for m in g.members
+        if ndims[m.path] >= 2 and m.axis % ndims[m.path] == ndims[m.path] - from_end
+    ]
+
+
+def _producer_kernels(g: Group, ndims: dict[str, int]) -> list[Member]:
+    return _kernels_on(g, ndims, 1)
+
+
+def _consumer_kernels(g: Group, ndims: dict[str, int]) -> list[Member]:
+    return _kernels_on(g, ndims, 2)
+
+
+def _module(path: str, collections: set[str]) -> tuple[str, str]:
+    """``'params/fc1/kernel'`` -> (``'params'``, ``'fc1'``)."""
+    head, _, rest = path.partition("/")
+    if head in collections and rest:
+        return head, rest.rsplit("/", 1)[0]
+    return "", path.rsplit("/", 1)[0]
+
+
+def fold_forward(
+    model: Any,
+    variables: Mapping[str, Any],
+    group_masks: Mapping[str, Any],
+    groups: Sequence[Group],
+    *example_inputs: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Moves the constant output of pruned channels into the consumers' biases.
+
+    For every group, the kernels that *produce* its channels (members on a kernel's last
+    axis) are zeroed at the pruned channels; the model then runs once on
+    ``example_inputs`` with :func:`flax.linen.intercept_methods` recording the input of
+    every *consumer* layer (members on a kernel's input axis). A pruned channel's value
+    there is a constant; its contribution ``sum(value * kernel slice)`` is added to the
+    consumer's ``bias``, or, for a consumer without a bias whose output channels are
+    batch-normalized (a group member named ``mean``), subtracted from that running mean.
+    Shrinking the returned variables then gives the network with only the producer weights
+    removed: exactly for Dense consumers (flattened maps included) and ``VALID``
+    convolutions; a ``SAME``-padded convolution sees zeros instead of the constant at the
+    border, so there the fold is exact only in the interior.
+
+    Args:
+      model: The ``flax.linen.Module`` (its ``apply`` must take ``variables`` and the inputs
+        and run in inference mode, e.g. BN with running averages).
+      variables: Its variables, e.g. ``{"params": ..., "batch_stats": ...}``; group member
+        paths name leaves of this tree (as :func:`jaxprune.trace_groups` returns them).
+      group_masks: ``{group name: bool vector}`` (``True`` = kept).
+      groups: The groups.
+      *example_inputs: Inputs for one forward pass (a small real batch).
+
+    Returns:
+      ``(folded, reference)``: the folded variables (shrink them with
+      :func:`jaxprune.shrink`), and the variables with only the producer weights of pruned
+      channels zeroed, whose outputs the shrunk folded model reproduces.
+
+    Raises:
+      ValueError: If a group has no mask, a pruned channel's input to a consumer is not
+        constant (the message names the consumer), or a consumer has neither a bias nor a
+        batch-normalized output to fold into.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, flax.linen as nn
+      >>> import jaxprune
+      >>> class MLP(nn.Module):
+      ...     hidden: int = 4
+      ...     @nn.compact
+      ...     def __call__(self, x):
+      ...         h = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
+      ...         return nn.Dense(2, name="out")(h)
+      >>> x = jnp.ones((3, 5))
+      >>> v = MLP().init(jax.random.key(0), x)
+      >>> v = jax.tree.map(lambda a: a + 0.5, v)  # non-zero biases
+      >>> g = jaxprune.trace_groups(MLP().apply, v, x).groups
+      >>> keep = {g[0].name: jnp.array([True, False, True, True])}
+      >>> folded, ref = jaxprune.linen.fold_forward(MLP(), v, keep, g, x)
+      >>> small = jaxprune.shrink(folded, keep, g)
+      >>> bool(jnp.allclose(MLP(hidden=3).apply(small, x), MLP().apply(ref, x), atol=1e-5))
+      True
+    """
+    import flax.linen as nn  # only this helper needs flax
+
+    leaves = dict(base.leaves_with_paths(variables))
+    ndims = {p: np.ndim(x) for p, x in leaves.items() if x is not None}
+    sizes = check_groups(groups, variables)
+    collections = set(variables) if isinstance(variables, Mapping) else set()
+    keeps = {}
+    for g in groups:
+        if g.name not in group_masks:
+            raise ValueError(f"no mask for group {g.name!r}.")
+        keeps[g.name] = np.asarray(group_masks[g.name]).astype(bool)
+
+    # The reference: producer kernels of pruned channels zeroed, nothing else.
+    ref = {p: (None if x is None else np.array(x)) for p, x in leaves.items()}
+    for g in groups:
+        for m in _producer_kernels(g, ndims):
+            arr = ref[m.path]
+            axis = m.axis % arr.ndim
+            drop = channel_indices(m, sizes[g.name], arr.shape[axis], ~keeps[g.name])
+            idx = [slice(None)] * arr.ndim
+            idx[axis] = drop
+            arr[tuple(idx)] = 0
+    reference = _rebuild(variables, ref)
+
+    # Record the input of every consumer module.
+    wanted = {}
+    for g in groups:
+        for m in _consumer_kernels(g, ndims):
+            wanted.setdefault(_module(m.path, collections)[1], None)
+    seen: dict[str, jax.Array] = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        name = "/".join(str(p) for p in context.module.path)
+        if context.method_name == "__call__" and name in wanted and args:
+            seen[name] = args[0]
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        model.apply(reference, *example_inputs)
+
+    folded = {p: (None if x is None else np.array(x)) for p, x in leaves.items()}
+    for g in groups:
+        drop_mask = ~keeps[g.name]
+        if not drop_mask.any():
+            continue
+        for m in _consumer_kernels(g, ndims):
+            coll, module = _module(m.path, collections)
+            if module not in seen:
+                raise ValueError(f"consumer {module!r} was not called by the model.")
+            x = np.asarray(seen[module], np.float64)
+            kernel = np.asarray(leaves[m.path], np.float64)
+            if x.shape[-1] != kernel.shape[-2]:
+                raise ValueError(
+                    f"consumer {module!r} reads {x.shape[-1]} channels with a kernel of "
+                    f"{kernel.shape[-2]} inputs (a grouped convolution): folding into it is "
+                    "not supported."
+                )
+            if kernel.ndim > 2:  # a conv: the values at an interior position
+                x = x[(slice(None), *(s // 2 for s in x.shape[1:-1]))]
+            rows = channel_indices(m, sizes[g.name], x.shape[-1], drop_mask)
+            vals = np.take(x.reshape(-1, x.shape[-1]), rows, axis=1)
+            spread = np.ptp(vals, axis=0)
+            if np.any(spread > 1e-4 * np.maximum(np.abs(vals).max(axis=0), 1.0)):
+                raise ValueError(
+                    f"the pruned channels of group {g.name!r} do not feed {module!r} a "
+                    "constant: cannot fold (is the model in inference mode?)."
+                )
+            const = vals.mean(axis=0)
+            w = np.take(kernel, rows, axis=kernel.ndim - 2)  # (..., rows, out)
+            delta = np.tensordot(const, np.moveaxis(w, -2, 0), axes=1)  # (..., out)
+            delta = delta.reshape(-1, w.shape[-1]).sum(axis=0)  # over the kernel window
+            bias = f"{coll}/{module}/bias" if coll else f"{module}/bias"
+            if bias in folded and folded[bias] is not None:
+                folded[bias] = folded[bias] + delta.astype(folded[bias].dtype)
+                continue
+            mean = _following_mean(groups, m.path, ndims)
+            if mean is None:
+                raise ValueError(
+                    f"consumer {module!r} has no bias and no batch-normalized output to fold "
+                    f"the pruned channels of group {g.name!r} into."
+                )
+            folded[mean] = folded[mean] - delta.astype(folded[mean].dtype)
+    return _rebuild(variables, folded), reference
+
+
+def _following_mean(groups: Sequence[Group], kernel_path: str, ndims: dict[str, int]):
+    """The BN ``mean`` leaf in the group of ``kernel_path``'s output channels, if any."""
+    for g in groups:
+        if any(m.path == kernel_path and m in _producer_kernels(g, ndims) for m in g.members):
+            means = [m.path for m in g.members if m.path.rsplit("/", 1)[-1] == "mean" and m.whole]
+            if len(means) == 1:
+                return means[0]
+    return None
+
+
+def _rebuild(variables: Any, flat: dict[str, Any]) -> Any:
+    def one(path, x):
+        if x is None:
+            return None
+        return jnp.asarray(flat[base.path_str(path)], dtype=x.dtype)
+
+    return jax.tree_util.tree_map_with_path(one, variables, is_leaf=base.is_none)
