@@ -104,6 +104,37 @@ def test_masked_model_equals_shrunk_model(model, shape, expected):
     assert float(step(p1)[1]) < float(loss0)
 
 
+def test_attention_heads_prune_as_one_group_and_head_dims_stay():
+    model = zoo.Transformer()
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 5, 8)), jnp.float32)
+    variables = _init(model, x)
+    found = trace_groups(model.apply, variables, x)
+    by_name = {g.name: g for g in found.groups}
+    heads = [
+        g
+        for g in found.groups
+        if any(m.path == "params/attn/out/kernel" and m.axis == 0 for m in g.members)
+    ]
+    assert len(heads) == 1
+    assert {(m.path, m.axis) for m in heads[0].members} == {
+        (f"params/attn/{p}/{leaf}", a)
+        for p in ("query", "key", "value")
+        for leaf, a in (("kernel", 1), ("bias", 0))
+    } | {("params/attn/out/kernel", 0)}
+    # q/k head dims are contracted in the batched q.k product (scaled by 1/sqrt(head_dim)).
+    qk = [ms for ms, r in found.unprunable if any("batched dot_general" in s for s in r)]
+    assert any(m.path == "params/attn/query/kernel" and m.axis == 2 for ms in qk for m in ms)
+    # Prune 2 of 4 heads (nothing else): the masked and the shrunk model agree.
+    keep = {heads[0].name: np.array([True, False, False, True])}
+    groups = [heads[0]]
+    masked = jaxprune.apply_masks(variables, jaxprune.expand_group_masks(keep, groups, variables))
+    small = shrink(variables, keep, groups)
+    out_small = dataclasses.replace(model, heads=2).apply(small, x)
+    np.testing.assert_allclose(out_small, model.apply(masked, x), atol=1e-5, rtol=1e-5)
+    assert float(jnp.max(jnp.abs(model.apply(variables, x) - out_small))) > 1e-3
+    assert "params/mlp1/kernel[1]" in by_name  # the MLP hidden units are a group too
+
+
 def test_linen_rebuild_reports_widths_it_cannot_set():
     class Fixed(nn.Module):  # its hidden width is not a field: it cannot be rebuilt
         @nn.compact

@@ -168,3 +168,21 @@ class Grouped(nn.Module):
         x = nn.relu(nn.Conv(self.g1, (3, 3), feature_group_count=2, name="g1")(x))
         x = nn.relu(nn.Conv(self.g2, (3, 3), feature_group_count=2, name="g2")(x))
         return nn.Conv(3, (1, 1), name="out")(x)
+
+
+class Transformer(nn.Module):
+    """Embedding -> multi-head self-attention (residual) -> MLP (residual) -> mean -> head."""
+
+    heads: int = 4
+    head_dim: int = 4
+    mlp: int = 32
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(16, name="embed")(x)
+        h = nn.MultiHeadDotProductAttention(
+            num_heads=self.heads, qkv_features=self.heads * self.head_dim, name="attn"
+        )(x, x)
+        x = x + h
+        x = x + nn.Dense(16, name="mlp2")(nn.relu(nn.Dense(self.mlp, name="mlp1")(x)))
+        return nn.Dense(3, name="head")(x.mean(1))

@@ -11,7 +11,11 @@ keying nodes by ``Var`` alone would merge unrelated layers.
 Rules (each creates unions only where the structure says two axes index the same entries):
 
 * ``dot_general``: contracting dims pairwise, batch dims with the output's leading dims,
-  free dims with the output's remaining dims in order.
+  free dims with the output's remaining dims in order. The contracting dims of a *batched*
+  ``dot_general`` (attention's ``q . k`` over the head dimension) are unprunable: the scores
+  are usually divided by ``sqrt(head_dim)``, a constant the jaxpr does not tie to the axis,
+  so a shrunk model would scale differently. Attention heads (the batch dims) stay
+  prunable as one group over the query, key, value and output projections.
 * ``conv_general_dilated``: input feature axis with the kernel's input axis, kernel output
   axis with the output feature axis, batch with batch. With ``feature_group_count`` equal to
   the number of input channels (depthwise), the input channels are coupled to the output
@@ -96,6 +100,10 @@ INPUT = "axis of a model input"
 OUTPUT = "axis of a model output"
 SPATIAL = "spatial axis of a convolution"
 POOLED = "pooled (windowed) axis"
+BATCHED_CONTRACTION = (
+    "contracted in a batched dot_general (attention scores are often scaled by a constant "
+    "computed from this axis's size, which shrinking would change)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +290,8 @@ class _Walker:
         sl, sr, so = ishapes[0], ishapes[1], oshapes[0]
         for a, b in zip(lc, rc, strict=True):
             self._same(lhs[a], rhs[b], sl[a], sr[b])
+        if lb:  # batched: e.g. attention scores q . k, often scaled by 1/sqrt(axis size)
+            self.g.mark([lhs[a] for a in lc] + [rhs[b] for b in rc], BATCHED_CONTRACTION)
         k = 0
         for a, b in zip(lb, rb, strict=True):
             self._same(lhs[a], out[k], sl[a], so[k])
