@@ -12,7 +12,10 @@ paths match, the longest one wins. So the groups of a Linen ``variables`` tree
 (``'params/conv1/kernel'``) shrink ``variables`` itself and any optimizer state built on
 it (``'0/mu/params/conv1/kernel'``); for a params-only tree and its optimizer state, pass
 ``groups_under(groups, 'params')``. Leaves with no matching member (step counts, scalars,
-``None``) are returned unchanged.
+``None``) are returned unchanged. All leaves matched to one member path must have one shape
+(they are copies of that parameter); a leaf that only shares the path's ending, with another
+shape, raises instead of being cut. A leaf with the same shape that is not a copy cannot be
+told apart: keep such leaves out of the tree passed in.
 """
 
 from __future__ import annotations
