@@ -456,3 +456,17 @@ def test_readme_flow_lenet5_scores_select_shrink_count():
     )
     np.testing.assert_allclose(small.apply(small_vars, x), model.apply(masked, x), atol=1e-5)
     assert count(small.apply, small_vars, x).flops == 2 * (144_000 + 400_000 + 100_000 + 2_500)
+    # The README's selection line: global ranking, capped per group, widths rounded up to 8.
+    keep = jaxprune.importance.select_groups(
+        scores, 0.5, scope="global", max_sparsity=0.8, round_to=8
+    )
+    for name, c in jaxprune.check_groups(pgroups, variables["params"]).items():
+        k = int(keep[name].sum())
+        assert (k % 8 == 0 or k == c) and k >= c - int(0.8 * c), (name, k)
+    small_vars = shrink(variables, keep, found.groups)
+    spec = widths(found.groups, keep, variables)
+    small = jaxprune.linen.rebuild(model, spec, small_vars, x)
+    masked = jaxprune.apply_masks(
+        variables, jaxprune.expand_group_masks(keep, found.groups, variables)
+    )
+    np.testing.assert_allclose(small.apply(small_vars, x), model.apply(masked, x), atol=1e-5)
