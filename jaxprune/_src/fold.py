@@ -187,7 +187,9 @@ def fold_forward(
             if mean is None:
                 raise ValueError(
                     f"consumer {module!r} has no bias and no batch-normalized output to fold "
-                    f"the pruned channels of group {g.name!r} into."
+                    f"the pruned channels of group {g.name!r} into (a bias-free consumer "
+                    "needs exactly one BN running mean in the group of its output channels; "
+                    "residual streams with several BN layers are not supported)."
                 )
             folded[mean] = folded[mean] - delta.astype(folded[mean].dtype)
     return _rebuild(variables, folded), reference

@@ -9,6 +9,11 @@ boundary of a sequential network. The results are the same objects :func:`jaxpru
 discovers (same members, order and names), so both routes feed the same scoring, selection,
 masking and :func:`jaxprune.shrink`. Use these when a model cannot be traced, or to state the
 coupling explicitly; nothing here checks that the model really is wired that way.
+
+The coupling rules are those of structured pruning since Li et al. ("Pruning filters for
+efficient ConvNets", ICLR 2017: a filter, its feature map and the next layer's kernels go
+together) and Wen et al. (SSL, NeurIPS 2016); Fang et al. (DepGraph, CVPR 2023) derive such
+groups automatically, as :func:`jaxprune.trace_groups` does from the jaxpr.
 """
 
 from __future__ import annotations
