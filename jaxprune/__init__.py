@@ -14,6 +14,7 @@ from jaxprune import select as select
 from jaxprune._src.fixed import keep_masks as keep_masks
 from jaxprune._src.flops import Count as Count
 from jaxprune._src.flops import count as count
+from jaxprune._src.fold import fold_forward as fold_forward
 from jaxprune._src.granularity import CONNECTION as CONNECTION
 from jaxprune._src.granularity import FILTER as FILTER
 from jaxprune._src.granularity import FILTER_SHAPE as FILTER_SHAPE
@@ -125,6 +126,7 @@ __all__ = [
     "distributions",
     "dynamic_network_surgery",
     "expand_group_masks",
+    "fold_forward",
     "fold_gates",
     "full_masks",
     "gate_labels",

@@ -7,7 +7,6 @@ The gates store their parameters under jaxprune's reserved names (``l0_log_alpha
 from the ``"gates"`` RNG stream. :mod:`jaxprune.nnx` has the same layers for Flax NNX.
 """
 
-from jaxprune._src.fold import fold_forward as fold_forward
 from jaxprune._src.gates_linen import BernoulliGate as BernoulliGate
 from jaxprune._src.gates_linen import ChannelGate as ChannelGate
 from jaxprune._src.gates_linen import HardConcreteGate as HardConcreteGate
@@ -20,7 +19,6 @@ __all__ = [
     "BernoulliGate",
     "ChannelGate",
     "HardConcreteGate",
-    "fold_forward",
     "gate_labels",
     "hard_concrete_init",
     "rebuild",

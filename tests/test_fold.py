@@ -1,4 +1,4 @@
-"""Folding pruned channels' constant output into the consumers (`jaxprune.linen.fold_forward`)."""
+"""Folding pruned channels' constant output into the consumers (`jaxprune.fold_forward`)."""
 
 import importlib.util
 import pathlib
@@ -41,7 +41,7 @@ def _fold_and_shrink(model, shape):
         k = np.zeros(c, bool)
         k[rng.permutation(c)[: c // 2]] = True
         keep[name] = k
-    folded, ref = jaxprune.linen.fold_forward(model, v, keep, groups, x)
+    folded, ref = jaxprune.fold_forward(model.apply, v, keep, groups, x)
     spec = jaxprune.widths(groups, keep, v)
     small_vars = jaxprune.shrink(folded, keep, groups)
     small = jaxprune.linen.rebuild(model, spec, small_vars, x)
@@ -98,7 +98,49 @@ def test_a_consumer_with_nothing_to_fold_into_raises():
     v = _variables(NoBias(), x)
     groups = jaxprune.trace_groups(NoBias().apply, v, x).groups
     keep = {groups[0].name: np.array([True, False, True, True])}
-    with pytest.raises(ValueError, match="consumer 'out' has no bias"):
-        jaxprune.linen.fold_forward(NoBias(), v, keep, groups, x)
+    with pytest.raises(ValueError, match="consumer 'params/out/kernel' has no bias"):
+        jaxprune.fold_forward(NoBias().apply, v, keep, groups, x)
     with pytest.raises(ValueError, match="no mask for group"):
-        jaxprune.linen.fold_forward(NoBias(), v, {}, groups, x)
+        jaxprune.fold_forward(NoBias().apply, v, {}, groups, x)
+
+
+@pytest.mark.standard_dtypes
+def test_nnx_fold_then_shrink_in_place_equals_the_reference():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(3, 6, (3, 3), padding="VALID", rngs=rngs)
+            self.bn = nnx.BatchNorm(6, use_running_average=True, rngs=rngs)
+            self.fc1 = nnx.Linear(4 * 4 * 6, 8, rngs=rngs)
+            self.fc2 = nnx.Linear(8, 2, rngs=rngs)
+
+        def __call__(self, x):
+            h = nnx.relu(self.bn(self.conv(x)))
+            h = nnx.relu(self.fc1(h.reshape(h.shape[0], -1)))
+            return self.fc2(jax.checkpoint(lambda a: a)(h))  # a remat body on the way
+
+    net = Net(nnx.Rngs(0))
+    rng = np.random.default_rng(3)
+    for mod, names in (
+        (net.bn, ("bias", "mean", "var")),
+        (net.conv, ("bias",)),
+        (net.fc1, ("bias",)),
+    ):
+        for n in names:
+            var = getattr(mod, n)
+            var.set_value(jnp.asarray(rng.uniform(0.5, 1.0, var.get_value().shape), jnp.float32))
+    x = jnp.asarray(rng.normal(size=(3, 6, 6, 3)), jnp.float32)
+    gd, state = nnx.split(net)
+
+    def apply(s, v):
+        return nnx.merge(gd, s)(v)
+
+    groups = jaxprune.trace_groups(apply, state, x).groups
+    keep = {g.name: np.arange(jaxprune.check_groups([g], state)[g.name]) % 2 == 0 for g in groups}
+    folded, ref = jaxprune.fold_forward(apply, state, keep, groups, x)
+    want = apply(ref, x)
+    nnx.update(net, folded)
+    jaxprune.shrink_module(net, keep, groups)
+    np.testing.assert_allclose(net(x), want, atol=1e-4, rtol=1e-4)
+    assert (net.conv.out_features, net.fc1.out_features) == (3, 4)

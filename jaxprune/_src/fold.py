@@ -1,4 +1,4 @@
-"""Folding the constant output of pruned channels forward into the consumers (Flax Linen).
+"""Folding the constant output of pruned channels forward into the consumers.
 
 When a channel's producer weights are removed, the channel does not go silent: it keeps
 emitting a constant, ``act(bias)`` or ``act(beta - gamma * mean / sqrt(var + eps))`` for a
@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jcore
 
 from jaxprune._src import base
 from jaxprune._src.groups import Group, Member, channel_indices, check_groups
@@ -41,40 +42,106 @@ def _consumer_kernels(g: Group, ndims: dict[str, int]) -> list[Member]:
     return _kernels_on(g, ndims, 2)
 
 
-def _module(path: str, collections: set[str]) -> tuple[str, str]:
-    """``'params/fc1/kernel'`` -> (``'params'``, ``'fc1'``)."""
-    head, _, rest = path.partition("/")
-    if head in collections and rest:
-        return head, rest.rsplit("/", 1)[0]
-    return "", path.rsplit("/", 1)[0]
+_PASS_THROUGH = frozenset(
+    "convert_element_type copy copy_p reduce_precision sharding_constraint".split()
+)
+_SUB_JAXPRS = {
+    "pjit": "jaxpr",
+    "jit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "core_call": "call_jaxpr",
+    "remat": "jaxpr",
+    "remat2": "jaxpr",
+    "checkpoint": "jaxpr",
+    "custom_jvp_call": "call_jaxpr",
+    "custom_vjp_call": "call_jaxpr",
+}
+
+
+def _capture(
+    apply_fn: Any, variables: Any, inputs: tuple, kernels: set[str]
+) -> dict[str, np.ndarray]:
+    """The left operand of every dot_general/conv whose kernel is one of ``kernels``.
+
+    Evaluates ``apply_fn(variables, *inputs)`` equation by equation (entering jit, remat and
+    custom-derivative bodies), following each kernel leaf through dtype conversions.
+    """
+    closed = jax.make_jaxpr(lambda v, xs: apply_fn(v, *xs))(variables, inputs)
+    flat, _ = jax.tree_util.tree_flatten_with_path(variables)
+    n_vars = len(flat)
+    args = jax.tree.leaves((variables, inputs))
+    tags = [base.path_str(p) for p, _ in flat] + [None] * (len(args) - n_vars)
+    seen: dict[str, np.ndarray] = {}
+
+    def run(jaxpr, consts, vals, in_tags):
+        env, tag = {}, {}
+        for v, c in zip(jaxpr.constvars, consts, strict=True):
+            env[v] = c
+        for v, x, t in zip(jaxpr.invars, vals, in_tags, strict=True):
+            env[v] = x
+            tag[v] = t
+
+        def read(a):
+            return a.val if isinstance(a, jcore.Literal) else env[a]
+
+        for eqn in jaxpr.eqns:
+            xs = [read(a) for a in eqn.invars]
+            ts = [None if isinstance(a, jcore.Literal) else tag.get(a) for a in eqn.invars]
+            name = eqn.primitive.name
+            if name in ("dot_general", "conv_general_dilated") and ts[1] in kernels:
+                seen[ts[1]] = np.asarray(xs[0])
+            sub = eqn.params.get(_SUB_JAXPRS.get(name, ""))
+            if sub is not None:
+                jx, cs = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, [])
+                outs = run(jx, cs, xs, ts)
+            else:
+                outs = eqn.primitive.bind(*xs, **eqn.params)
+                if not eqn.primitive.multiple_results:
+                    outs = [outs]
+            out_tag = ts[0] if name in _PASS_THROUGH else None
+            for v, o in zip(eqn.outvars, outs, strict=True):
+                if not isinstance(v, jcore.DropVar):
+                    env[v] = o
+                    tag[v] = out_tag
+        return [read(a) for a in jaxpr.outvars]
+
+    run(closed.jaxpr, closed.consts, args, tags)
+    return seen
 
 
 def fold_forward(
-    model: Any,
-    variables: Mapping[str, Any],
+    apply_fn: Any,
+    variables: Any,
     group_masks: Mapping[str, Any],
     groups: Sequence[Group],
     *example_inputs: Any,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[Any, Any]:
     """Moves the constant output of pruned channels into the consumers' biases.
 
     For every group, the kernels that *produce* its channels (members on a kernel's last
-    axis) are zeroed at the pruned channels; the model then runs once on
-    ``example_inputs`` with :func:`flax.linen.intercept_methods` recording the input of
-    every *consumer* layer (members on a kernel's input axis). A pruned channel's value
-    there is a constant; its contribution ``sum(value * kernel slice)`` is added to the
-    consumer's ``bias``, or, for a consumer without a bias whose output channels are
-    batch-normalized (a group member named ``mean``), subtracted from that running mean.
-    Shrinking the returned variables then gives the network with only the producer weights
-    removed: exactly for Dense consumers (flattened maps included) and ``VALID``
-    convolutions; a ``SAME``-padded convolution sees zeros instead of the constant at the
-    border, so there the fold is exact only in the interior.
+    axis) are zeroed at the pruned channels; ``apply_fn`` then runs once on
+    ``example_inputs``, evaluated equation by equation from its jaxpr, recording the input of
+    every *consumer* kernel (members on a kernel's input axis) at its ``dot_general`` or
+    convolution. A pruned channel's value there is a constant; its contribution
+    ``sum(value * kernel slice)`` is added to the consumer's ``bias`` (the leaf next to its
+    kernel), or, for a consumer without a bias whose output channels are batch-normalized
+    (one group member named ``mean``), subtracted from that running mean. Shrinking the
+    returned variables then gives the network with only the producer weights removed:
+    exactly for Dense consumers (flattened maps included) and ``VALID`` convolutions; a
+    ``SAME``-padded convolution sees zeros instead of the constant at the border, so there
+    the fold is exact only in the interior. Works for Linen (``model.apply`` and its
+    variables) and NNX (``lambda state, x: nnx.merge(graphdef, state)(x)`` and the state).
+
+    This keeps what channel pruning by small BN scales (Liu et al., "Learning efficient
+    convolutional networks through network slimming", ICCV 2017) leaves behind: a channel
+    with ``gamma ~ 0`` still emits ``act(beta)``.
 
     Args:
-      model: The ``flax.linen.Module`` (its ``apply`` must take ``variables`` and the inputs
-        and run in inference mode, e.g. BN with running averages).
-      variables: Its variables, e.g. ``{"params": ..., "batch_stats": ...}``; group member
-        paths name leaves of this tree (as :func:`jaxprune.trace_groups` returns them).
+      apply_fn: The model function, called as ``apply_fn(variables, *example_inputs)``, in
+        inference mode (BN with running averages).
+      variables: Its variables (Linen ``{"params": ..., "batch_stats": ...}`` or an NNX
+        state); group member paths name leaves of this tree, as
+        :func:`jaxprune.trace_groups` returns them.
       group_masks: ``{group name: bool vector}`` (``True`` = kept).
       groups: The groups.
       *example_inputs: Inputs for one forward pass (a small real batch).
@@ -85,9 +152,9 @@ def fold_forward(
       channels zeroed, whose outputs the shrunk folded model reproduces.
 
     Raises:
-      ValueError: If a group has no mask, a pruned channel's input to a consumer is not
-        constant (the message names the consumer), or a consumer has neither a bias nor a
-        batch-normalized output to fold into.
+      ValueError: If a group has no mask, a consumer is never reached, a pruned channel's
+        input to a consumer is not constant (the message names the consumer), or a
+        consumer has neither a bias nor a batch-normalized output to fold into.
 
     Example:
       >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -103,17 +170,14 @@ def fold_forward(
       >>> v = jax.tree.map(lambda a: a + 0.5, v)  # non-zero biases
       >>> g = jaxprune.trace_groups(MLP().apply, v, x).groups
       >>> keep = {g[0].name: jnp.array([True, False, True, True])}
-      >>> folded, ref = jaxprune.linen.fold_forward(MLP(), v, keep, g, x)
+      >>> folded, ref = jaxprune.fold_forward(MLP().apply, v, keep, g, x)
       >>> small = jaxprune.shrink(folded, keep, g)
       >>> bool(jnp.allclose(MLP(hidden=3).apply(small, x), MLP().apply(ref, x), atol=1e-5))
       True
     """
-    import flax.linen as nn  # only this helper needs flax
-
     leaves = dict(base.leaves_with_paths(variables))
     ndims = {p: np.ndim(x) for p, x in leaves.items() if x is not None}
     sizes = check_groups(groups, variables)
-    collections = set(variables) if isinstance(variables, Mapping) else set()
     keeps = {}
     for g in groups:
         if g.name not in group_masks:
@@ -131,22 +195,8 @@ def fold_forward(
             idx[axis] = drop
             arr[tuple(idx)] = 0
     reference = _rebuild(variables, ref)
-
-    # Record the input of every consumer module.
-    wanted = {}
-    for g in groups:
-        for m in _consumer_kernels(g, ndims):
-            wanted.setdefault(_module(m.path, collections)[1], None)
-    seen: dict[str, jax.Array] = {}
-
-    def interceptor(next_fun, args, kwargs, context):
-        name = "/".join(str(p) for p in context.module.path)
-        if context.method_name == "__call__" and name in wanted and args:
-            seen[name] = args[0]
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(interceptor):
-        model.apply(reference, *example_inputs)
+    consumers = {m.path for g in groups for m in _consumer_kernels(g, ndims)}
+    seen = _capture(apply_fn, reference, example_inputs, consumers)
 
     folded = {p: (None if x is None else np.array(x)) for p, x in leaves.items()}
     for g in groups:
@@ -154,14 +204,13 @@ def fold_forward(
         if not drop_mask.any():
             continue
         for m in _consumer_kernels(g, ndims):
-            coll, module = _module(m.path, collections)
-            if module not in seen:
-                raise ValueError(f"consumer {module!r} was not called by the model.")
-            x = np.asarray(seen[module], np.float64)
+            if m.path not in seen:
+                raise ValueError(f"consumer kernel {m.path!r} was not used by the model.")
+            x = np.asarray(seen[m.path], np.float64)
             kernel = np.asarray(leaves[m.path], np.float64)
             if x.shape[-1] != kernel.shape[-2]:
                 raise ValueError(
-                    f"consumer {module!r} reads {x.shape[-1]} channels with a kernel of "
+                    f"consumer {m.path!r} reads {x.shape[-1]} channels with a kernel of "
                     f"{kernel.shape[-2]} inputs (a grouped convolution): folding into it is "
                     "not supported."
                 )
@@ -172,21 +221,21 @@ def fold_forward(
             spread = np.ptp(vals, axis=0)
             if np.any(spread > 1e-4 * np.maximum(np.abs(vals).max(axis=0), 1.0)):
                 raise ValueError(
-                    f"the pruned channels of group {g.name!r} do not feed {module!r} a "
+                    f"the pruned channels of group {g.name!r} do not feed {m.path!r} a "
                     "constant: cannot fold (is the model in inference mode?)."
                 )
             const = vals.mean(axis=0)
             w = np.take(kernel, rows, axis=kernel.ndim - 2)  # (..., rows, out)
             delta = np.tensordot(const, np.moveaxis(w, -2, 0), axes=1)  # (..., out)
             delta = delta.reshape(-1, w.shape[-1]).sum(axis=0)  # over the kernel window
-            bias = f"{coll}/{module}/bias" if coll else f"{module}/bias"
-            if bias in folded and folded[bias] is not None:
+            bias = m.path.rsplit("/", 1)[0] + "/bias"
+            if folded.get(bias) is not None:
                 folded[bias] = folded[bias] + delta.astype(folded[bias].dtype)
                 continue
             mean = _following_mean(groups, m.path, ndims)
             if mean is None:
                 raise ValueError(
-                    f"consumer {module!r} has no bias and no batch-normalized output to fold "
+                    f"consumer {m.path!r} has no bias and no batch-normalized output to fold "
                     f"the pruned channels of group {g.name!r} into (a bias-free consumer "
                     "needs exactly one BN running mean in the group of its output channels; "
                     "residual streams with several BN layers are not supported)."
