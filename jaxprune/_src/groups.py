@@ -249,21 +249,27 @@ def group_scores(
         else:
             raise ValueError(f"`combine` must be 'sum', 'mean' or 'max', got {combine!r}.")
         if normalize is not None:
-            if normalize == "mean":
-                d = jnp.mean(jnp.abs(v))
-            elif normalize == "max":
-                d = jnp.max(jnp.abs(v))
-            elif normalize == "l1":
-                d = jnp.sum(jnp.abs(v))
-            elif normalize == "l2":
-                d = jnp.sqrt(jnp.sum(jnp.square(v)))
-            else:
-                raise ValueError(
-                    f"`normalize` must be None, 'mean', 'max', 'l1' or 'l2', got {normalize!r}."
-                )
-            v = v / jnp.where(d > 0, d, jnp.ones_like(d))
+            v = normalized(v, normalize, "normalize")
         out[g.name] = v
     return out
+
+
+def normalized(v: jax.Array, ord: str, what: str = "ord") -> jax.Array:
+    """``v`` divided by its ``"l2"``, ``"l1"``, ``"max"`` or ``"mean"`` (of ``|v|``) norm.
+
+    An all-zero vector stays zero. ``what`` names the argument in the error message.
+    """
+    if ord == "l2":
+        d = jnp.sqrt(jnp.sum(jnp.square(v)))
+    elif ord == "l1":
+        d = jnp.sum(jnp.abs(v))
+    elif ord == "max":
+        d = jnp.max(jnp.abs(v))
+    elif ord == "mean":
+        d = jnp.mean(jnp.abs(v))
+    else:
+        raise ValueError(f"`{what}` must be 'l2', 'l1', 'max' or 'mean', got {ord!r}.")
+    return v / jnp.where(d > 0, d, jnp.ones_like(d))
 
 
 def group_norms(params: base.Params, groups: Sequence[Group], *, ord: int = 2):

@@ -178,20 +178,7 @@ def normalize_scores(scores: Mapping[str, jax.Array], ord: Normalize = "l2") -> 
       Array([0.6, 0.8], dtype=float32)
     """
     scores = _check_scores_dict(scores)
-    out = {}
-    for k, v in scores.items():
-        if ord == "l2":
-            d = jnp.sqrt(jnp.sum(jnp.square(v)))
-        elif ord == "l1":
-            d = jnp.sum(jnp.abs(v))
-        elif ord == "max":
-            d = jnp.max(jnp.abs(v))
-        elif ord == "mean":
-            d = jnp.mean(jnp.abs(v))
-        else:
-            raise ValueError(f"`ord` must be 'l2', 'l1', 'max' or 'mean', got {ord!r}.")
-        out[k] = v / jnp.where(d > 0, d, 1.0)
-    return out
+    return {k: groups_lib.normalized(v, ord) for k, v in scores.items()}
 
 
 def taylor_scores(
