@@ -18,22 +18,9 @@ zoo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(zoo)
 
 
-def _variables(model, x, seed=0):
-    # Biases, BN shifts and statistics in [0.5, 1): a pruned channel emits a clear constant.
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    rng = np.random.default_rng(seed)
-
-    def one(s):
-        if len(s.shape) == 1:
-            return jnp.asarray(rng.uniform(0.5, 1.0, s.shape), jnp.float32)
-        return jnp.asarray(rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1])), jnp.float32)
-
-    return jax.tree.map(one, shapes)
-
-
 def _fold_and_shrink(model, shape):
     x = jnp.asarray(np.random.default_rng(1).normal(size=shape), jnp.float32)
-    v = _variables(model, x)
+    v = zoo.random_variables(model, x)
     groups = jaxprune.trace_groups(model.apply, v, x).groups
     rng = np.random.default_rng(2)
     keep = {}
@@ -95,7 +82,7 @@ def test_a_consumer_with_nothing_to_fold_into_raises():
             return nn.Dense(2, use_bias=False, name="out")(h)
 
     x = jnp.ones((2, 3))
-    v = _variables(NoBias(), x)
+    v = zoo.random_variables(NoBias(), x)
     groups = jaxprune.trace_groups(NoBias().apply, v, x).groups
     keep = {groups[0].name: np.array([True, False, True, True])}
     with pytest.raises(ValueError, match="consumer 'params/out/kernel' has no bias"):

@@ -24,19 +24,7 @@ _spec.loader.exec_module(zoo)
 
 
 def _init(model, x, seed=1):
-    # Host-side random variables with the shapes of `model.init` (much faster than running
-    # the init on CPU). Kernels are scaled by 1/sqrt(fan in); 1-D leaves (biases, BN scale,
-    # shift, mean and var) are in [0.5, 1.0), so that a leaking channel would show.
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    rng = np.random.default_rng(seed)
-
-    def one(s):
-        if len(s.shape) == 1:
-            return jnp.asarray(rng.uniform(0.5, 1.0, s.shape), jnp.float32)
-        fan_in = int(np.prod(s.shape[:-1]))
-        return jnp.asarray(rng.normal(size=s.shape) / np.sqrt(fan_in), jnp.float32)
-
-    return jax.tree.map(one, shapes)
+    return zoo.random_variables(model, x, seed)
 
 
 def _half_masks(sizes):

@@ -1,7 +1,27 @@
 """Tiny Linen models built from a widths config (field name == submodule name)."""
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def random_variables(model, x, seed=0):
+    """Host-side random variables with the shapes of ``model.init`` (fast on CPU).
+
+    Kernels are normal, scaled by 1/sqrt(fan in); 1-D leaves (biases, BN scale, shift, mean
+    and var) are in [0.5, 1.0), so that a leaking or dropped channel constant would show.
+    """
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    rng = np.random.default_rng(seed)
+
+    def one(s):
+        if len(s.shape) == 1:
+            return jnp.asarray(rng.uniform(0.5, 1.0, s.shape), jnp.float32)
+        fan_in = int(np.prod(s.shape[:-1]))
+        return jnp.asarray(rng.normal(size=s.shape) / np.sqrt(fan_in), jnp.float32)
+
+    return jax.tree.map(one, shapes)
 
 
 class MLP(nn.Module):

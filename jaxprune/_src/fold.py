@@ -23,6 +23,7 @@ from jax.extend import core as jcore
 
 from jaxprune._src import base
 from jaxprune._src.groups import Group, Member, channel_indices, check_groups
+from jaxprune._src.trace import CALLS, _unwrap
 
 
 def _kernels_on(g: Group, ndims: dict[str, int], from_end: int) -> list[Member]:
@@ -45,17 +46,6 @@ def _consumer_kernels(g: Group, ndims: dict[str, int]) -> list[Member]:
 _PASS_THROUGH = frozenset(
     "convert_element_type copy copy_p reduce_precision sharding_constraint".split()
 )
-_SUB_JAXPRS = {
-    "pjit": "jaxpr",
-    "jit": "jaxpr",
-    "closed_call": "call_jaxpr",
-    "core_call": "call_jaxpr",
-    "remat": "jaxpr",
-    "remat2": "jaxpr",
-    "checkpoint": "jaxpr",
-    "custom_jvp_call": "call_jaxpr",
-    "custom_vjp_call": "call_jaxpr",
-}
 
 
 def _capture(
@@ -90,10 +80,9 @@ def _capture(
             name = eqn.primitive.name
             if name in ("dot_general", "conv_general_dilated") and ts[1] in kernels:
                 seen[ts[1]] = np.asarray(xs[0])
-            sub = eqn.params.get(_SUB_JAXPRS.get(name, ""))
-            if sub is not None:
-                jx, cs = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, [])
-                outs = run(jx, cs, xs, ts)
+            sub = next((eqn.params[k] for k in CALLS.get(name, ()) if k in eqn.params), None)
+            if sub is not None:  # the primal body of jit, remat, custom_jvp/vjp
+                outs = run(*_unwrap(sub), xs, ts)
             else:
                 outs = eqn.primitive.bind(*xs, **eqn.params)
                 if not eqn.primitive.multiple_results:

@@ -1036,9 +1036,9 @@ def _ranks(v: jax.Array) -> jax.Array:
 def _floor(name: str, c: int, caps: dict[str, float], min_keep: int) -> int:
     """Channels group ``name`` (of ``c``) keeps whatever the ranking: its floor and its cap."""
     f = min(min_keep, c)
-    if name in caps:  # the float32 floor of the sparsity counts (exact in float64 here)
-        dropped = np.floor(float(np.float32(caps[name])) * c + min(c, 2**16) * 2.0**-24)
-        f = max(f, c - min(int(dropped), c))
+    if name in caps:  # the same count as a sparsity of caps[name] drops
+        with jax.ensure_compile_time_eval():
+            f = max(f, c - int(select_lib._num_dropped(jnp.float32(caps[name]), c)))
     return f
 
 

@@ -22,7 +22,6 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
 from jaxprune._src import base
@@ -31,14 +30,9 @@ from jaxprune._src.trace import named_group
 
 
 def _index(tree: Any) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=base.is_none)
-    shapes, order = {}, {}
-    for k, (path, leaf) in enumerate(flat):
-        if leaf is None:
-            continue
-        name = base.path_str(path)
-        shapes[name] = tuple(np.shape(leaf))
-        order[name] = k
+    items = base.leaves_with_paths(tree)
+    shapes = {p: tuple(np.shape(x)) for p, x in items if x is not None}
+    order = {p: k for k, (p, x) in enumerate(items) if x is not None}
     return shapes, order
 
 
