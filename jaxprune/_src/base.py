@@ -299,3 +299,21 @@ def select_leaves(tree: Any, flags: Any) -> Any:
     return jax.tree.map(
         lambda x, f: x if (f and x is not None) else None, tree, flags, is_leaf=is_none
     )
+
+
+def replicated_along(x: jax.Array, axis: int) -> jax.Array:
+    """``x`` with no explicit sharding along ``axis`` (the other axes keep theirs).
+
+    JAX has no sharding rule for sorting, concatenating or stacking arrays along an explicitly
+    sharded axis, for slicing a segment out of it, or for splitting it into ``(outer,
+    channels, inner)``; callers gather that one axis first (cheap for per-channel vectors).
+    Arrays without explicit sharding (Auto axes, single device, NumPy) are returned as they are.
+    """
+    try:
+        spec = jax.typeof(x).sharding.spec
+    except (AttributeError, TypeError):  # pragma: no cover - older JAX
+        return x
+    if len(spec) <= axis or spec[axis] is None:
+        return x
+    spec = tuple(None if a == axis else s for a, s in enumerate(spec))
+    return jax.sharding.reshard(x, jax.sharding.PartitionSpec(*spec))

@@ -174,6 +174,8 @@ def check_groups(groups: Sequence[Group], params: base.Params) -> dict[str, int]
 def _member_channels(x: jax.Array, m: Member, channels: int) -> jax.Array:
     """``x`` viewed as ``(rest..., outer, channels, inner)`` along the member axis, moved last."""
     axis = m.axis % x.ndim
+    if not m.whole:
+        x = base.replicated_along(x, axis)
     x = jax.lax.slice_in_dim(x, m.offset, m.offset + m.span(channels), axis=axis)
     x = jnp.moveaxis(x, axis, -1)
     return x.reshape((*x.shape[:-1], m.outer, channels, m.inner))
@@ -184,17 +186,18 @@ MemberReduction = Literal["sum", "mean", "max", "l1", "l2", "sq"]
 
 def _reduce_member(x: jax.Array, m: Member, channels: int, reduction: MemberReduction):
     v = _member_channels(x.astype(jnp.float32), m, channels)
-    v = jnp.moveaxis(v, -2, 0).reshape(channels, -1)
+    # Reduce every axis but the channel axis (no reshape: it would merge sharded axes).
+    axes = tuple(a for a in range(v.ndim) if a != v.ndim - 2)
     if reduction == "sum":
-        return jnp.sum(v, axis=1)
+        return jnp.sum(v, axis=axes)
     if reduction == "mean":
-        return jnp.mean(v, axis=1)
+        return jnp.mean(v, axis=axes)
     if reduction == "max":
-        return jnp.max(v, axis=1)
+        return jnp.max(v, axis=axes)
     if reduction == "l1":
-        return jnp.sum(jnp.abs(v), axis=1)
+        return jnp.sum(jnp.abs(v), axis=axes)
     if reduction in ("l2", "sq"):
-        sq = jnp.sum(jnp.square(v), axis=1)
+        sq = jnp.sum(jnp.square(v), axis=axes)
         return sq if reduction == "sq" else jnp.sqrt(sq)
     raise ValueError(
         f"`reduction` must be one of 'sum', 'mean', 'max', 'l1', 'l2', 'sq', got {reduction!r}."
@@ -238,7 +241,10 @@ def group_scores(
     leaves = _leaves(scores)
     out = {}
     for g in groups:
-        vecs = [_reduce_member(leaves[m.path], m, sizes[g.name], reduction) for m in g.members]
+        vecs = [  # replicated: members may shard their channel axes differently
+            base.replicated_along(_reduce_member(leaves[m.path], m, sizes[g.name], reduction), 0)
+            for m in g.members
+        ]
         stacked = jnp.stack(vecs)
         if combine == "sum":
             v = jnp.sum(stacked, axis=0)

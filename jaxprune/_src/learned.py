@@ -611,7 +611,10 @@ def slimming_threshold(scales: Any, ratio: Any) -> jax.Array:
       ICCV 2017. https://arxiv.org/abs/1708.06519
     """
     base.check_fraction(ratio, "ratio")
-    vals = [jnp.abs(jnp.asarray(x).astype(jnp.float32)).ravel() for x in jax.tree.leaves(scales)]
+    vals = [  # replicated: sort and concatenate need an unsharded axis
+        base.replicated_along(jnp.abs(jnp.asarray(x).astype(jnp.float32)).ravel(), 0)
+        for x in jax.tree.leaves(scales)
+    ]
     if not vals or sum(v.size for v in vals) == 0:
         raise ValueError("`scales` holds no entries.")
     flat = jnp.sort(jnp.concatenate(vals))
@@ -723,7 +726,8 @@ def slimming_masks(
     scores = {}
     for g in groups:
         m = _selected_member(g, flags, leaves, "select")
-        scores[g.name] = jnp.abs(jnp.asarray(leaves[m.path]).astype(jnp.float32))
+        score = jnp.abs(jnp.asarray(leaves[m.path]).astype(jnp.float32))
+        scores[g.name] = base.replicated_along(score, 0)
     if per_group:
         thr = {k: slimming_threshold([v], ratio) for k, v in scores.items()}
         keep = {k: v > thr[k] for k, v in scores.items()}
