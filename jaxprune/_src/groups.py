@@ -171,37 +171,35 @@ def check_groups(groups: Sequence[Group], params: base.Params) -> dict[str, int]
     return {g.name: group_size(g, params) for g in groups}
 
 
-def _member_channels(x: jax.Array, m: Member, channels: int) -> jax.Array:
-    """``x`` viewed as ``(rest..., outer, channels, inner)`` along the member axis, moved last."""
-    axis = m.axis % x.ndim
-    if not m.whole:
-        x = base.replicated_along(x, axis)
-    x = jax.lax.slice_in_dim(x, m.offset, m.offset + m.span(channels), axis=axis)
-    x = jnp.moveaxis(x, axis, -1)
-    return x.reshape((*x.shape[:-1], m.outer, channels, m.inner))
-
-
 MemberReduction = Literal["sum", "mean", "max", "l1", "l2", "sq"]
 
 
 def _reduce_member(x: jax.Array, m: Member, channels: int, reduction: MemberReduction):
-    v = _member_channels(x.astype(jnp.float32), m, channels)
-    # Reduce every axis but the channel axis (no reshape: it would merge sharded axes).
-    axes = tuple(a for a in range(v.ndim) if a != v.ndim - 2)
-    if reduction == "sum":
-        return jnp.sum(v, axis=axes)
-    if reduction == "mean":
-        return jnp.mean(v, axis=axes)
-    if reduction == "max":
-        return jnp.max(v, axis=axes)
+    """One value per channel of ``m``: the ``reduction`` of the channel's entries.
+
+    The other axes are reduced first, so only a vector along the member axis is ever
+    gathered (a strided or offset member of a sharded axis has no sharding rule for the
+    split into ``(outer, channels, inner)``; see :func:`base.replicated_along`).
+    """
+    if reduction not in ("sum", "mean", "max", "l1", "l2", "sq"):
+        raise ValueError(
+            f"`reduction` must be one of 'sum', 'mean', 'max', 'l1', 'l2', 'sq', got {reduction!r}."
+        )
+    x = x.astype(jnp.float32)
     if reduction == "l1":
-        return jnp.sum(jnp.abs(v), axis=axes)
-    if reduction in ("l2", "sq"):
-        sq = jnp.sum(jnp.square(v), axis=axes)
-        return sq if reduction == "sq" else jnp.sqrt(sq)
-    raise ValueError(
-        f"`reduction` must be one of 'sum', 'mean', 'max', 'l1', 'l2', 'sq', got {reduction!r}."
-    )
+        x = jnp.abs(x)
+    elif reduction in ("l2", "sq"):
+        x = jnp.square(x)
+    reduce = jnp.max if reduction == "max" else jnp.sum
+    axis = m.axis % x.ndim
+    line = reduce(x, axis=tuple(a for a in range(x.ndim) if a != axis))
+    if not m.whole:
+        line = base.replicated_along(line, 0)
+        line = line[m.offset : m.offset + m.span(channels)]
+    v = reduce(line.reshape(m.outer, channels, m.inner), axis=(0, 2))
+    if reduction == "mean":
+        return v / (x.size // x.shape[axis] * m.outer * m.inner)
+    return jnp.sqrt(v) if reduction == "l2" else v
 
 
 def group_scores(
