@@ -542,17 +542,7 @@ def test_penalty_chain_on_sharded_params_equals_single_device(axis_type):
         "fc": {"kernel": P("x", None)},
         "out": {"kernel": P(None, "x")},
     }
-    conv = G(
-        "conv_out",
-        (
-            M("conv/kernel", -1),
-            M("conv/bias", 0),
-            M("bn/scale", 0),
-            M("bn/bias", 0),
-            M("fc/kernel", 0, outer=4),
-        ),
-    )
-    fc = G("fc_out", (M("fc/kernel", 1), M("out/kernel", 0)))
+    conv, fc = CONV_GROUP, FC_GROUP  # the same layout as above, with 8 channels instead of 4
     bn_only = {
         "conv": {"kernel": False, "bias": False},
         "bn": {"scale": True, "bias": False},
