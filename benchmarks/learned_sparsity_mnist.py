@@ -17,9 +17,9 @@ dense MLP, evaluated right after removal (before any fine-tuning) and after fine
   ``--slimming-scratch`` adds a control: the pruned widths trained from scratch. Flags for
   the variants tried while tuning: ``--slimming-wd``, ``--slimming-schedule``,
   ``--slimming-dense-epochs`` (a dense network first) with ``--slimming-warm-start`` and/or
-  ``--slimming-distill-teacher dense``, ``--slimming-scale-init``,
-  ``--slimming-torch-init`` (PyTorch ``nn.Linear`` init), ``--slimming-l1-start/--slimming-l1-stop``
-  (L1 only in some epochs), ``--slimming-finetune-{lr,wd,batch,schedule}``.
+  ``--slimming-distill-teacher dense``, ``--slimming-scale-init``, ``--slimming-rebalance``,
+  ``--slimming-torch-init`` (PyTorch ``nn.Linear`` init), ``--slimming-l1-start`` /
+  ``--slimming-l1-stop`` (L1 only in some epochs), ``--slimming-finetune-{lr,wd,batch,schedule}``.
 * ``ssl`` (B6, Wen et al. 2016): MLP 784-500-300-10 without BN; ``add_group_lasso`` over
   neuron groups (a hidden unit's input column, bias and output row, one group across two
   layers) and input-pixel groups (rows of the first kernel), plus ``zero_small(1e-4)`` after
@@ -371,6 +371,10 @@ def run_slimming(data, seed, args, log):
     glob_widths = "-".join(str(int(np.sum(glob.group_masks[g.name]))) for g in groups)
     small = MLP(tuple(len(k) for k in keep[1:]), bn=True)
     sp, ss = slice_mlp(params, stats, keep, fold_bn_shift=True)
+    if args.slimming_rebalance:  # exact: relu(c z) = c relu(z), undone by fc1's kernel / c
+        c = args.slimming_rebalance / float(jnp.mean(jnp.abs(sp["bn0"]["scale"])))
+        sp = {**sp, "bn0": jax.tree.map(lambda a: a * c, sp["bn0"])}
+        sp["fc1"] = {**sp["fc1"], "kernel": sp["fc1"]["kernel"] / c}
     err_removed = test_error(small, sp, ss, data["xt"], data["yt"])
     sp0, ss0 = slice_mlp(params, stats, keep, fold_bn_shift=False)
     err_removed_nofold = test_error(small, sp0, ss0, data["xt"], data["yt"])
@@ -605,6 +609,12 @@ def main():
         "--slimming-warm-start", action="store_true", help="start the L1 phase from it"
     )
     parser.add_argument("--slimming-schedule", default="step", choices=["step", "cosine"])
+    parser.add_argument(
+        "--slimming-rebalance",
+        type=float,
+        default=0.0,
+        help="after removal, rescale the kept bn0 scales/shifts to this mean |gamma| (fc1 / c)",
+    )
     parser.add_argument(
         "--slimming-scratch", action="store_true", help="also train the pruned widths from scratch"
     )

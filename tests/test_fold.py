@@ -1,21 +1,13 @@
 """Folding pruned channels' constant output into the consumers (`jaxprune.fold_forward`)."""
 
-import importlib.util
-import pathlib
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import zoo  # tests/zoo.py (tests/ is on pytest's pythonpath)
 
 import jaxprune
-
-_spec = importlib.util.spec_from_file_location(
-    "jaxprune_zoo_fold", pathlib.Path(__file__).with_name("zoo.py")
-)
-zoo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(zoo)
 
 
 def _fold_and_shrink(model, shape):

@@ -130,3 +130,40 @@ def test_group_selection_end_to_end_under_jit():
     alive = np.abs(np.asarray(out["conv2"]["kernel"])).sum((0, 1, 2)) > 0
     assert alive.sum() == 25
     assert np.count_nonzero(np.asarray(out["fc1"]["kernel"]).any(1)) == 16 * 25
+
+
+def test_group_scores_gather_only_member_vectors_under_explicit_sharding():
+    """A strided member (rows after a flatten) of a kernel sharded by rows: the compiled
+    program gathers the per-row vector, never the kernel, and the scores are exact."""
+    import re
+
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    k1, k2 = jax.random.split(jax.random.key(0))
+    params = {
+        "conv": {"kernel": jax.random.normal(k1, (3, 3, 4, 8))},
+        "fc": {"kernel": jax.random.normal(k2, (6 * 8, 16))},  # (spatial 6) x (channels 8)
+    }
+    g = jaxprune.Group(
+        "c", (jaxprune.Member("conv/kernel", -1), jaxprune.Member("fc/kernel", 0, outer=6))
+    )
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    specs = {"conv": {"kernel": P(None, None, None, "x")}, "fc": {"kernel": P("x", None)}}
+    with jax.set_mesh(mesh):
+        sharded = jax.device_put(
+            params,
+            jax.tree.map(
+                lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda s: isinstance(s, P)
+            ),
+        )
+        fn = jax.jit(lambda p: jaxprune.group_scores(p, [g], reduction="l2")["c"])
+        got = fn(sharded)
+        hlo = fn.lower(sharded).compile().as_text()
+    conv = np.asarray(params["conv"]["kernel"]).reshape(-1, 8)
+    fc = np.asarray(params["fc"]["kernel"]).reshape(6, 8, 16).transpose(1, 0, 2).reshape(8, -1)
+    want = np.linalg.norm(conv, axis=0) + np.linalg.norm(fc, axis=1)  # member L2s, summed
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+    gathered = re.findall(r"= f32\[([0-9,]*)\][^ ]* all-gather\(", hlo)
+    assert gathered, "expected the member vector to be gathered"
+    assert all("," not in dims for dims in gathered), gathered  # vectors only

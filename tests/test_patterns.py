@@ -1,20 +1,12 @@
 """Hand-written groups (`channel_group`, `chain_groups`) equal the discovered ones."""
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import pytest
+import zoo  # tests/zoo.py (tests/ is on pytest's pythonpath)
 from flax import nnx
 
 import jaxprune
-
-_spec = importlib.util.spec_from_file_location(
-    "jaxprune_zoo_patterns", pathlib.Path(__file__).with_name("zoo.py")
-)
-zoo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(zoo)
 
 
 def _discover(model, shape):

@@ -1,8 +1,6 @@
 """Tests for physical channel removal (`shrink`, `widths`) and MAC counting (`count`)."""
 
 import dataclasses
-import importlib.util
-import pathlib
 
 import flax.linen as nn
 import jax
@@ -10,17 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import zoo  # tests/zoo.py (tests/ is on pytest's pythonpath)
 
 import jaxprune
 from jaxprune._src.flops import count
 from jaxprune._src.shrink import shrink, widths
 from jaxprune._src.trace import groups_under, trace_groups
-
-_spec = importlib.util.spec_from_file_location(
-    "jaxprune_zoo_shrink", pathlib.Path(__file__).with_name("zoo.py")
-)
-zoo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(zoo)
 
 
 def _init(model, x, seed=1):

@@ -1,22 +1,14 @@
 """Tests for dependency discovery from the jaxpr (`trace_groups`)."""
 
-import importlib.util
-import pathlib
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
+import zoo  # tests/zoo.py (tests/ is on pytest's pythonpath)
 
 import jaxprune
 from jaxprune import Member
 from jaxprune._src.trace import groups_under, trace_groups
-
-_spec = importlib.util.spec_from_file_location(
-    "jaxprune_zoo_trace", pathlib.Path(__file__).with_name("zoo.py")
-)
-zoo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(zoo)
 
 
 def _abstract(model, shape):
