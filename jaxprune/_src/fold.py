@@ -19,11 +19,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jcore
 
 from jaxprune._src import base
 from jaxprune._src.groups import Group, Member, channel_indices, check_groups
-from jaxprune._src.trace import CALLS, _unwrap
+from jaxprune._src.interpret import run_tagged
 
 
 def _kernels_on(g: Group, ndims: dict[str, int], from_end: int) -> list[Member]:
@@ -43,58 +42,22 @@ def _consumer_kernels(g: Group, ndims: dict[str, int]) -> list[Member]:
     return _kernels_on(g, ndims, 2)
 
 
-_PASS_THROUGH = frozenset(
-    "convert_element_type copy copy_p reduce_precision sharding_constraint".split()
-)
-
-
 def _capture(
     apply_fn: Any, variables: Any, inputs: tuple, kernels: set[str]
 ) -> dict[str, np.ndarray]:
     """The left operand of every dot_general/conv whose kernel is one of ``kernels``.
 
-    Evaluates ``apply_fn(variables, *inputs)`` equation by equation (entering jit, remat and
-    custom-derivative bodies), following each kernel leaf through dtype conversions.
+    Evaluates ``apply_fn(variables, *inputs)`` equation by equation
+    (:func:`jaxprune._src.interpret.run_tagged`), following each kernel leaf through dtype
+    conversions.
     """
-    closed = jax.make_jaxpr(lambda v, xs: apply_fn(v, *xs))(variables, inputs)
-    flat, _ = jax.tree_util.tree_flatten_with_path(variables)
-    n_vars = len(flat)
-    args = jax.tree.leaves((variables, inputs))
-    tags = [base.path_str(p) for p, _ in flat] + [None] * (len(args) - n_vars)
     seen: dict[str, np.ndarray] = {}
 
-    def run(jaxpr, consts, vals, in_tags):
-        env, tag = {}, {}
-        for v, c in zip(jaxpr.constvars, consts, strict=True):
-            env[v] = c
-        for v, x, t in zip(jaxpr.invars, vals, in_tags, strict=True):
-            env[v] = x
-            tag[v] = t
+    def visit(eqn, xs, ts):
+        if eqn.primitive.name in ("dot_general", "conv_general_dilated") and ts[1] in kernels:
+            seen[ts[1]] = np.asarray(xs[0])
 
-        def read(a):
-            return a.val if isinstance(a, jcore.Literal) else env[a]
-
-        for eqn in jaxpr.eqns:
-            xs = [read(a) for a in eqn.invars]
-            ts = [None if isinstance(a, jcore.Literal) else tag.get(a) for a in eqn.invars]
-            name = eqn.primitive.name
-            if name in ("dot_general", "conv_general_dilated") and ts[1] in kernels:
-                seen[ts[1]] = np.asarray(xs[0])
-            sub = next((eqn.params[k] for k in CALLS.get(name, ()) if k in eqn.params), None)
-            if sub is not None:  # the primal body of jit, remat, custom_jvp/vjp
-                outs = run(*_unwrap(sub), xs, ts)
-            else:
-                outs = eqn.primitive.bind(*xs, **eqn.params)
-                if not eqn.primitive.multiple_results:
-                    outs = [outs]
-            out_tag = ts[0] if name in _PASS_THROUGH else None
-            for v, o in zip(eqn.outvars, outs, strict=True):
-                if not isinstance(v, jcore.DropVar):
-                    env[v] = o
-                    tag[v] = out_tag
-        return [read(a) for a in jaxpr.outvars]
-
-    run(closed.jaxpr, closed.consts, args, tags)
+    run_tagged(apply_fn, variables, inputs, visit)
     return seen
 
 

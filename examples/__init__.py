@@ -1,0 +1,1 @@
+"""Worked examples built on jaxprune (importable code, thin entry points)."""
