@@ -9,7 +9,7 @@ leaf, so that a ``None`` anywhere yields ``None`` (see DESIGN.md, "None rule").
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import jax
@@ -135,6 +135,29 @@ def check_structure(params: Params, other: Any, what: str) -> None:
     raise ValueError(
         f"`{what}` must have the tree structure of the params: " + "; ".join(detail) + "."
     )
+
+
+def check_not_variables(params: Params, what: str = "params") -> None:
+    """Raises ``ValueError`` if ``params`` looks like Linen ``variables``, not ``params``.
+
+    A mapping with a top-level ``"params"`` key next to other collections (``batch_stats``,
+    ``cache``, ...) is a Linen variables dict: an optimizer on it would train the batch
+    statistics as if they were weights.
+
+    Args:
+      params: The tree passed as parameters.
+      what: The name used in the message.
+    """
+    if not isinstance(params, Mapping) or "params" not in params:
+        return
+    others = sorted(str(k) for k in params if k != "params")
+    if others:
+        raise ValueError(
+            f"`{what}` looks like Linen `variables`: it holds the collection 'params' and also "
+            f"{others}. The optimizer must see only the weights: pass `variables['params']` to "
+            f"`tx.init` and `tx.update` (and its gradients), and keep {others} out of the "
+            "optimizer (`model.apply(..., mutable=[...])` updates them)."
+        )
 
 
 def is_concrete(x: Any) -> bool:
