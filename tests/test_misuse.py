@@ -369,6 +369,35 @@ def test_select_groups_with_nan_scores_and_all_zero_groups_is_deterministic():
 
 
 # ---------------------------------------------------------------------------------------
+# 7. Traced targets out of range.
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        optax.linear_schedule(0, 90, 10),  # written in percent
+        lambda count: jnp.float32(2.0),
+        lambda count: jnp.float32(jnp.nan),
+    ],
+    ids=["percent", "two", "nan"],
+)
+def test_schedule_outside_zero_one_is_reported_by_masks(schedule):
+    tx = optax.chain(optax.sgd(0.1), jaxprune.optax_sparsity(schedule, update_every=2))
+    _, state = _train(tx, _mlp(), steps=4)
+    assert int(state[1].bad_sparsity) >= 1
+    with pytest.raises(ValueError, match="NaN or outside \\[0, 1\\]"):
+        jaxprune.masks(state)
+
+
+def test_traced_sparsity_in_range_is_not_reported():
+    tx = optax.chain(
+        optax.sgd(0.1), jaxprune.optax_sparsity(optax.linear_schedule(0.0, 0.9, 10), update_every=2)
+    )
+    _, state = _train(tx, _mlp(), steps=4)
+    assert int(state[1].bad_sparsity) == 0 and jaxprune.masks(state) is not None
+
+
+# ---------------------------------------------------------------------------------------
 # 9 and "also found": exact counts, bit-exact kept entries.
 
 
@@ -398,3 +427,29 @@ def test_kept_entries_get_the_plain_optimizers_updates_bit_for_bit(make):
         for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         pp, ppr = optax.apply_updates(pp, u1), optax.apply_updates(ppr, u2)
+
+
+# ---------------------------------------------------------------------------------------
+# 8. NNX: the masks of an nnx.Optimizer fit nnx.state(model, nnx.Param).
+
+
+def test_nnx_masks_from_the_optimizer_apply_to_the_param_state():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.fc = nnx.Linear(4, 6, rngs=rngs)
+            self.bn = nnx.BatchNorm(6, rngs=rngs)
+            self.out = nnx.Linear(6, 2, rngs=rngs)
+
+    model = Net(nnx.Rngs(0))
+    tx = optax.chain(optax.sgd(0.1), jaxprune.optax_sparsity(0.5, update_every=1))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer.update(model, jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param)))
+    masks = jaxprune.masks(optimizer.opt_state)
+    state = nnx.state(model, nnx.Param)
+    assert jaxprune.summary(state, masks, print_fn=None).prunable_sparsity == 0.5
+    masked = jaxprune.apply_masks(state, masks, straight_through=True)
+    assert isinstance(masked["fc"]["kernel"], nnx.Param)
+    nnx.update(model, masked)
+    assert int(jnp.sum(model.fc.kernel.get_value() == 0)) == 12

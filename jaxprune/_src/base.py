@@ -137,6 +137,39 @@ def check_structure(params: Params, other: Any, what: str) -> None:
     )
 
 
+def _is_variable(x: Any) -> bool:
+    """Whether ``x`` is a Flax NNX ``Variable`` (duck-typed: flax is not imported here)."""
+    return hasattr(x, "get_value") and callable(x.get_value) and hasattr(x, "replace")
+
+
+def unwrap_variables(tree: Any) -> Any:
+    """``tree`` with every NNX ``Variable`` (``nnx.Param``, ...) replaced by its value.
+
+    ``nnx.state(model, nnx.Param)`` and the masks read from an ``nnx.Optimizer`` then have
+    one structure. Trees without Variables are returned as they are.
+    """
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: x is None or _is_variable(x))
+    if not any(_is_variable(x) for x in leaves):
+        return tree
+    return jax.tree.map(
+        lambda x: x.get_value() if _is_variable(x) else x,
+        tree,
+        is_leaf=lambda x: x is None or _is_variable(x),
+    )
+
+
+def rewrap_variables(like: Any, tree: Any) -> Any:
+    """Puts the values of ``tree`` back into the NNX Variables of ``like`` (same layout)."""
+    if unwrap_variables(like) is like:
+        return tree
+    return jax.tree.map(
+        lambda v, x: v.replace(x) if _is_variable(v) else x,
+        like,
+        tree,
+        is_leaf=lambda x: x is None or _is_variable(x),
+    )
+
+
 def check_not_variables(params: Params, what: str = "params") -> None:
     """Raises ``ValueError`` if ``params`` looks like Linen ``variables``, not ``params``.
 

@@ -38,6 +38,7 @@ def check_masks(params: base.Params, masks: base.Mask) -> None:
       >>> import jaxprune
       >>> jaxprune.check_masks({"w": jnp.ones((2, 3))}, {"w": jnp.ones((1, 3), bool)})
     """
+    params, masks = base.unwrap_variables(params), base.unwrap_variables(masks)
     base.check_structure(params, masks, "masks")
     for (path, p), (_, m) in zip(
         base.leaves_with_paths(params), base.leaves_with_paths(masks), strict=True
@@ -71,7 +72,9 @@ def apply_masks(
     """Zeroes the pruned entries of ``params``.
 
     Args:
-      params: A tree of arrays; ``None`` leaves stay ``None``.
+      params: A tree of arrays; ``None`` leaves stay ``None``. An NNX
+        ``nnx.state(model, nnx.Param)`` works with the masks of an ``nnx.Optimizer`` (the
+        result keeps the ``Param`` wrappers, ready for ``nnx.update(model, ...)``).
       masks: A tree with the structure of ``params``: bool leaves broadcastable to the
         parameter (``True`` = kept) or ``None`` (leaf left unchanged).
       straight_through: If ``True``, the forward value is the masked parameter but the
@@ -101,12 +104,13 @@ def apply_masks(
         fn = _straight_through_where
     else:
         fn = lambda m, w: jnp.where(m, w, jnp.zeros((), w.dtype))
-    return jax.tree.map(
+    out = jax.tree.map(
         lambda w, m: w if (w is None or m is None) else fn(m, w),
-        params,
-        masks,
+        base.unwrap_variables(params),
+        base.unwrap_variables(masks),
         is_leaf=base.is_none,
     )
+    return base.rewrap_variables(params, out)
 
 
 def full_masks(params: base.Params, masks: base.Mask) -> base.Mask:
@@ -127,6 +131,7 @@ def full_masks(params: base.Params, masks: base.Mask) -> base.Mask:
              [ True, False]], dtype=bool)
     """
     check_masks(params, masks)
+    params, masks = base.unwrap_variables(params), base.unwrap_variables(masks)
     return base.map_prunable(lambda p, m: jnp.broadcast_to(m, p.shape), params, masks)
 
 
@@ -144,6 +149,7 @@ def count_kept(params: base.Params, masks: base.Mask) -> Any:
       A tree like ``params`` of int32 scalars (``None`` where ``params`` is ``None``).
     """
     check_masks(params, masks)
+    params, masks = base.unwrap_variables(params), base.unwrap_variables(masks)
 
     def kept(p, m):
         if m is None:
@@ -257,7 +263,9 @@ def summary(
       >>> stats.nonzero, stats.size, round(stats.sparsity, 3)
       (5, 6, 0.167)
     """
+    params = base.unwrap_variables(params)
     if masks is not None:
+        masks = base.unwrap_variables(masks)
         masked = apply_masks(params, masks)
         mask_leaves = dict(base.leaves_with_paths(masks))
         kept_leaves = dict(base.leaves_with_paths(count_kept(params, masks)))

@@ -445,7 +445,8 @@ def topk_mask(
       scores: A floating-point array of any shape (0-d and empty included).
       sparsity: Fraction of entries to drop, in ``[0, 1]``; a Python number or a scalar array
         (concrete values are checked; a traced value outside ``[0, 1]`` acts like the nearest
-        end).
+        end, and a traced NaN drops nothing: ``optax_sparsity`` records such updates, see
+        :func:`jaxprune.masks`).
       min_keep: Keep at least ``min(min_keep, n)`` entries whatever the sparsity.
       method: ``"radix"`` (histograms; fastest on CPU), ``"bisect"`` (32 counting passes;
         partitions into scalar all-reduces on sharded scores) or ``"auto"`` (``"bisect"`` for

@@ -38,6 +38,9 @@ class SparsityState(NamedTuple):
     # int32 scalar: the most pruned entries of ``params`` found non-zero (or non-finite) at the
     # start of any update so far; 0 when the transform is last in the chain (see ``masks``).
     leaked: Any = None
+    # int32 scalar: mask updates so far whose target sparsity was NaN or outside [0, 1]
+    # (a traced value or a schedule; NaN keeps every weight, others act like the nearest end).
+    bad_sparsity: Any = None
 
 
 class DynamicSurgeryState(NamedTuple):
@@ -293,7 +296,11 @@ def optax_sparsity(
       sparsity: Target fraction of pruned units: a float, a schedule ``count -> float``
         (e.g. ``jaxprune.schedules.polynomial``, any optax schedule), or a prefix tree of
         those over the params (``None`` = stays dense), which bypasses ``distribution``.
-        Omit it for N:M granularity, which fixes the sparsity at ``1 - n/m``.
+        Omit it for N:M granularity, which fixes the sparsity at ``1 - n/m``. Concrete
+        values outside ``[0, 1]`` raise; a traced value or a schedule's value cannot be
+        checked when tracing: outside ``[0, 1]`` it acts like the nearest end and NaN prunes
+        nothing, and every such mask update is counted in the state (``bad_sparsity``), so
+        that :func:`jaxprune.masks` raises (e.g. for a schedule written in percent).
       score_fn: ``(params, grads) -> scores`` with element-level scores, e.g.
         ``jaxprune.scores.magnitude`` (default) or ``jaxprune.scores.taylor``; gradient-based
         scores read the extra argument ``raw_grads=`` of ``update``.
@@ -466,9 +473,26 @@ def optax_sparsity(
         masks = base.map_with_path(_ones_mask, pp, grans)
         for penalty, _ in penalties:  # Validates the penalty selections against the params.
             penalty.init(params)
-        return SparsityState(
-            count=jnp.zeros([], jnp.int32), masks=masks, leaked=jnp.zeros([], jnp.int32)
-        )
+        zero = jnp.zeros([], jnp.int32)
+        return SparsityState(count=zero, masks=masks, leaked=zero, bad_sparsity=zero)
+
+    def out_of_range(count):
+        """Whether a target the user gave (value or schedule) is NaN or outside [0, 1]."""
+        if grans_are_nm:
+            return jnp.bool_(False)
+        if per_path:
+            given = list(distribution.values())
+        elif isinstance(sparsity, (Mapping, list, tuple)):
+            given = [v for _, v in base.leaves_with_paths(sparsity)]
+        else:
+            given = [sparsity]
+        bad = jnp.bool_(False)
+        for v in given:
+            if v is None:
+                continue
+            x = jnp.asarray(_value_at(v, count), jnp.float32)
+            bad = bad | ~((x >= 0) & (x <= 1))  # NaN fails both
+        return bad
 
     def targets(prunable_params, count):
         """Per-leaf sparsity tree (or a scalar for global selection)."""
@@ -542,12 +566,16 @@ def optax_sparsity(
 
         for penalty, state_type in penalties:  # Proximal steps sharing this step count.
             updates, _ = penalty.update(updates, state_type(count=count), params)
+        updating = jnp.asarray(update_when(count), jnp.bool_)
         masks = jax.lax.cond(
-            jnp.asarray(update_when(count), jnp.bool_),
+            updating,
             recompute,
             lambda operands: operands[2],
             (params, raw_grads, old),
         )
+        bad_sparsity = state.bad_sparsity
+        if bad_sparsity is not None:
+            bad_sparsity = bad_sparsity + (updating & out_of_range(count)).astype(jnp.int32)
         if not straight_through:
             updates = jax.tree.map(
                 lambda u, p, m: (
@@ -558,7 +586,12 @@ def optax_sparsity(
                 masks,
                 is_leaf=base.is_none,
             )
-        new_state = SparsityState(count=optax.safe_increment(count), masks=masks, leaked=leaked)
+        new_state = SparsityState(
+            count=optax.safe_increment(count),
+            masks=masks,
+            leaked=leaked,
+            bad_sparsity=bad_sparsity,
+        )
         return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -743,6 +776,12 @@ def _unwrap(x: Any) -> Any:
     return x
 
 
+def _positive(x: Any) -> bool:
+    """Whether ``x`` is a concrete (not traced, not abstract) number ``> 0``."""
+    has_value = isinstance(x, (jax.Array, np.ndarray, np.integer, int))
+    return has_value and base.is_concrete(x) and int(x) > 0
+
+
 def masks(opt_state: Any, *, check: bool = True) -> base.Mask:
     """Returns the current masks from any optimizer state that holds one sparsity transform.
 
@@ -762,15 +801,16 @@ def masks(opt_state: Any, *, check: bool = True) -> base.Mask:
 
     Args:
       opt_state: An optax state (or an ``nnx.Optimizer``'s ``opt_state``).
-      check: Raise if the state recorded non-zero pruned weights (see above); ``False``
-        returns the masks anyway.
+      check: Raise if the state recorded non-zero pruned weights (see above), or a mask
+        update whose target sparsity (a traced value or a schedule's) was NaN or outside
+        ``[0, 1]``; ``False`` returns the masks anyway.
 
     Returns:
       The mask tree (bool leaves broadcastable to the params, ``None`` for unpruned leaves).
 
     Raises:
       ValueError: If the state holds no sparsity state, or more than one, or (with
-        ``check``) it recorded pruned weights that were not zero.
+        ``check``) it recorded pruned weights that were not zero or an invalid target.
 
     Example:
       >>> import jax.numpy as jnp
@@ -794,8 +834,16 @@ def masks(opt_state: Any, *, check: bool = True) -> base.Mask:
         )
     leaked = getattr(found[0], "leaked", None)
     leaked = _unwrap(leaked)
-    has_value = isinstance(leaked, (jax.Array, np.ndarray, np.integer, int))
-    if check and has_value and base.is_concrete(leaked) and int(leaked) > 0:
+    bad = _unwrap(getattr(found[0], "bad_sparsity", None))
+    if check and _positive(bad):
+        raise ValueError(
+            f"the target sparsity was NaN or outside [0, 1] at {int(bad)} mask update(s), so "
+            "the masks are not what was asked for: NaN kept every weight, other values acted "
+            "like the nearest end. Check the schedule or traced value passed as `sparsity` "
+            "(a fraction, not a percentage: optax.linear_schedule(0.0, 0.9, n), not (0, 90, "
+            "n)). Pass `check=False` to read the masks anyway."
+        )
+    if check and _positive(leaked):
         raise ValueError(
             f"{int(leaked)} pruned weights were not exactly zero at the start of an update, so "
             "the masks in `opt_state` disagree with the weights. jaxprune.optax_sparsity (and "
