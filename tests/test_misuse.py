@@ -5,6 +5,8 @@ correct result, or a ``ValueError``/``TypeError`` whose message names the argume
 parameter path and says what to do. Read the test names as the list.
 """
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -230,6 +232,19 @@ def test_widths_with_groups_that_name_another_tree_raises():
         jaxprune.widths([g], {"h": jnp.arange(6) < 3}, _mlp())
 
 
+def test_fold_forward_with_a_keep_vector_of_the_wrong_length_names_the_group():
+    import zoo
+
+    x = jnp.ones((2, 5))
+    variables = zoo.random_variables(zoo.MLP(), x)
+    groups = jaxprune.trace_groups(zoo.MLP().apply, variables, x).groups
+    name = groups[0].name
+    with pytest.raises(
+        ValueError, match=re.escape(f"keep vector of group '{name}' has shape (3,)")
+    ):
+        jaxprune.fold_forward(zoo.MLP().apply, variables, {name: jnp.ones(3, bool)}, groups, x)
+
+
 # ---------------------------------------------------------------------------------------
 # 4. Linen variables instead of params.
 
@@ -366,6 +381,12 @@ def test_select_groups_with_nan_scores_and_all_zero_groups_is_deterministic():
     np.testing.assert_array_equal(keep["b"], [True, False, False, False])
     keep = jaxprune.importance.select_groups(scores, 0.5, scope="global", round_to=2)
     np.testing.assert_array_equal(keep["b"], [True, True, False, False])  # 1 rounded up to 2
+
+
+def test_inject_hyperparams_without_static_args_says_which_arguments_must_be_static():
+    tx = optax.inject_hyperparams(jaxprune.optax_sparsity)(sparsity=0.5, update_every=1)
+    with pytest.raises(TypeError, match="static_args.*'score_fn'"):
+        tx.init(_mlp())
 
 
 # ---------------------------------------------------------------------------------------
