@@ -8,7 +8,8 @@ How the exact top-k works. Nothing is sorted: XLA:CPU sorts ~30x slower than Num
 (``jnp.sort``, ``lax.top_k``, ``jnp.quantile``) gathers a sharded array onto every device.
 
 1. Each float score becomes an order-preserving ``uint32`` key, computed in float32 (bf16/f16
-   are upcast): NaN counts as ``-inf``, ``-0.0`` as ``0.0``.
+   are upcast): non-finite scores (NaN, ``+inf``, ``-inf``) count as ``-inf``, ``-0.0`` as
+   ``0.0``.
 2. The k-th largest key is found exactly, leaf by leaf, without concatenating the leaves:
 
    * ``method="radix"``: passes that histogram one digit of the keys (16-bit digits, 2

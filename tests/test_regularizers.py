@@ -406,7 +406,7 @@ def test_optax_sparsity_keywords_equal_the_explicit_chain():
     params = _net_params()
     lr = optax.exponential_decay(0.2, 3, 0.5)
     sched = jaxprune.schedules.polynomial(0.5, 2, 3, frequency=2)
-    common = dict(granularity=jaxprune.FILTER, update_every=2)
+    common = dict(granularity=jaxprune.FILTER, prunable=jaxprune.default_prunable, update_every=2)
     one_line = optax.chain(
         optax.sgd(lr, momentum=0.9),
         jaxprune.optax_sparsity(

@@ -250,7 +250,7 @@ def test_count_kept_and_summary_numbers():
     assert abs(stats.compression - 86 / 48) < 1e-12
     table = lines[0]
     assert "conv/kernel" in table and "3x3x2x4" in table and "50.00%" in table
-    assert "(dense)" in table and "compression" in table
+    assert "(no mask)" in table and "compression" in table
     # Without masks: counts the params' own zeros.
     assert jaxprune.summary(p, print_fn=None).nonzero == 72 + 4 + 7 + 2
 

@@ -35,7 +35,11 @@ def test_masks_follow_param_sharding_and_equal_single_device(axis_type, distribu
     assert jax.device_count() == 8
     params = _params()
     tx = jaxprune.optax_sparsity(
-        0.7, distribution=distribution, granularity=granularity, update_every=1
+        0.7,
+        distribution=distribution,
+        granularity=granularity,
+        prunable=jaxprune.default_prunable,
+        update_every=1,
     )
     _, ref_state = jax.jit(tx.update)(params, tx.init(params), params)
 

@@ -9,7 +9,7 @@ leaf, so that a ``None`` anywhere yields ``None`` (see DESIGN.md, "None rule").
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import jax
@@ -135,6 +135,62 @@ def check_structure(params: Params, other: Any, what: str) -> None:
     raise ValueError(
         f"`{what}` must have the tree structure of the params: " + "; ".join(detail) + "."
     )
+
+
+def _is_variable(x: Any) -> bool:
+    """Whether ``x`` is a Flax NNX ``Variable`` (duck-typed: flax is not imported here)."""
+    return hasattr(x, "get_value") and callable(x.get_value) and hasattr(x, "replace")
+
+
+def unwrap_variables(tree: Any) -> Any:
+    """``tree`` with every NNX ``Variable`` (``nnx.Param``, ...) replaced by its value.
+
+    ``nnx.state(model, nnx.Param)`` and the masks read from an ``nnx.Optimizer`` then have
+    one structure. Trees without Variables are returned as they are.
+    """
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: x is None or _is_variable(x))
+    if not any(_is_variable(x) for x in leaves):
+        return tree
+    return jax.tree.map(
+        lambda x: x.get_value() if _is_variable(x) else x,
+        tree,
+        is_leaf=lambda x: x is None or _is_variable(x),
+    )
+
+
+def rewrap_variables(like: Any, tree: Any) -> Any:
+    """Puts the values of ``tree`` back into the NNX Variables of ``like`` (same layout)."""
+    if unwrap_variables(like) is like:
+        return tree
+    return jax.tree.map(
+        lambda v, x: v.replace(x) if _is_variable(v) else x,
+        like,
+        tree,
+        is_leaf=lambda x: x is None or _is_variable(x),
+    )
+
+
+def check_not_variables(params: Params, what: str = "params") -> None:
+    """Raises ``ValueError`` if ``params`` looks like Linen ``variables``, not ``params``.
+
+    A mapping with a top-level ``"params"`` key next to other collections (``batch_stats``,
+    ``cache``, ...) is a Linen variables dict: an optimizer on it would train the batch
+    statistics as if they were weights.
+
+    Args:
+      params: The tree passed as parameters.
+      what: The name used in the message.
+    """
+    if not isinstance(params, Mapping) or "params" not in params:
+        return
+    others = sorted(str(k) for k in params if k != "params")
+    if others:
+        raise ValueError(
+            f"`{what}` looks like Linen `variables`: it holds the collection 'params' and also "
+            f"{others}. The optimizer must see only the weights: pass `variables['params']` to "
+            f"`tx.init` and `tx.update` (and its gradients), and keep {others} out of the "
+            "optimizer (`model.apply(..., mutable=[...])` updates them)."
+        )
 
 
 def is_concrete(x: Any) -> bool:

@@ -16,9 +16,10 @@ def keep_masks(masks: base.Mask) -> optax.GradientTransformationExtraArgs:
     The masks are stored in the state (a :class:`~jaxprune.SparsityState`, so
     :func:`jaxprune.masks` finds them and checkpoints hold them); every update of a pruned
     entry becomes ``-param``, so ``optax.apply_updates`` leaves it exactly zero whatever the
-    optimizer before it did. Place it **last** in the chain. Use it to retrain after one-shot
-    pruning, for N:M (ASP) fine-tuning, for Changpinyo et al.'s fixed random connections, or
-    for the fixed-mask phase after dynamic network surgery.
+    optimizer before it did. Place it **last** in the chain: :func:`jaxprune.masks` raises
+    when it finds pruned weights that are not zero (see its chain-order check). Use it to
+    retrain after one-shot pruning, for N:M (ASP) fine-tuning, for Changpinyo et al.'s fixed
+    random connections, or for the fixed-mask phase after dynamic network surgery.
 
     Args:
       masks: A mask tree for the params (bool leaves broadcastable to the parameter, or
@@ -45,6 +46,7 @@ def keep_masks(masks: base.Mask) -> optax.GradientTransformationExtraArgs:
     """
 
     def init_fn(params):
+        base.check_not_variables(params)
         masking.check_masks(params, masks)
         stored = jax.tree.map(
             lambda p, m: None if (p is None or m is None) else jnp.asarray(m, jnp.bool_),
@@ -52,13 +54,20 @@ def keep_masks(masks: base.Mask) -> optax.GradientTransformationExtraArgs:
             masks,
             is_leaf=base.is_none,
         )
-        return sparsity_lib.SparsityState(count=jnp.zeros([], jnp.int32), masks=stored)
+        return sparsity_lib.SparsityState(
+            count=jnp.zeros([], jnp.int32), masks=stored, leaked=jnp.zeros([], jnp.int32)
+        )
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         if params is None:
             raise ValueError(base.NO_PARAMS_MSG)
+        base.check_not_variables(params)
         base.check_structure(params, updates, "updates")
+        leaked = state.leaked
+        if leaked is not None:  # The first update is the one that zeroes the pruned entries.
+            found = sparsity_lib.count_leaked(params, state.masks)
+            leaked = jnp.maximum(leaked, jnp.where(state.count > 0, found, 0))
         updates = jax.tree.map(
             lambda u, p, m: u if (m is None or u is None) else jnp.where(m, u, -p.astype(u.dtype)),
             updates,
@@ -66,6 +75,6 @@ def keep_masks(masks: base.Mask) -> optax.GradientTransformationExtraArgs:
             state.masks,
             is_leaf=base.is_none,
         )
-        return updates, state._replace(count=optax.safe_increment(state.count))
+        return updates, state._replace(count=optax.safe_increment(state.count), leaked=leaked)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -134,7 +134,13 @@ def fold_forward(
     for g in groups:
         if g.name not in group_masks:
             raise ValueError(f"no mask for group {g.name!r}.")
-        keeps[g.name] = np.asarray(group_masks[g.name]).astype(bool)
+        keep = np.asarray(group_masks[g.name]).astype(bool)
+        if keep.shape != (sizes[g.name],):
+            raise ValueError(
+                f"the keep vector of group {g.name!r} has shape {keep.shape}, but the group has "
+                f"{sizes[g.name]} channels: pass one bool per channel."
+            )
+        keeps[g.name] = keep
 
     # The reference: producer kernels of pruned channels zeroed, nothing else.
     ref = {p: (None if x is None else np.array(x)) for p, x in leaves.items()}

@@ -134,8 +134,11 @@ def n_of_m(n: int, m: int, axis: int = -2) -> Granularity:
     """
     n = base.check_int(n, "n", 0)
     m = base.check_int(m, "m", 1)
-    if n > m:
-        raise ValueError(f"N:M needs n <= m, got n={n}, m={m}.")
+    if not 0 < n <= m:
+        raise ValueError(
+            f"N:M needs 0 < n <= m, got n={n}, m={m}: n is the number of entries KEPT in every "
+            f"group of m (n=0 would prune everything; 2:4 keeps half)."
+        )
     return Granularity(
         f"{n}:{m}", reduce=(), min_ndim=1 if axis in (0, -1) else 2, n=n, m=m, axis=axis
     )

@@ -908,7 +908,9 @@ def select_groups(
     across groups of a scope, to the group whose name sorts first.
 
     Scores of the groups in a multi-group scope must be comparable: with ``normalize`` each
-    group's vector is first divided by its own norm (Molchanov et al., ICLR 2017).
+    group's vector is first divided by its own norm (Molchanov et al., ICLR 2017); an
+    all-zero vector stays zero. Non-finite scores (NaN, ``+inf``, ``-inf``) rank below every
+    finite score, and norms are taken over the finite entries.
     Layer-wise rankings do not depend on it. The per-group ratio cap and the rounding follow
     common structured-pruning practice (e.g. Torch-Pruning's ``max_pruning_ratio`` and
     ``round_to``).
@@ -949,13 +951,21 @@ def select_groups(
     scores = _check_scores_dict(scores)
     min_keep = base.check_int(min_keep, "min_keep", 0)
     round_to = base.check_int(round_to, "round_to", 1)
+    # The NaN/inf rule: non-finite scores rank below every finite one; norms are taken over
+    # the finite entries only, so one NaN cannot turn a whole group's scores into NaN.
+    bad = {k: ~jnp.isfinite(v) for k, v in scores.items()}
+    scores = {k: jnp.where(bad[k], 0.0, v) for k, v in scores.items()}
+
+    def least(vecs):
+        return {k: jnp.where(bad[k], -jnp.inf, v) for k, v in vecs.items()}
+
     simple = max_sparsity is None and round_to == 1 and isinstance(scope, str)
     if scope == "layerwise" and simple:
-        return select_lib.layerwise_topk(scores, sparsity, min_keep=min_keep)
+        return select_lib.layerwise_topk(least(scores), sparsity, min_keep=min_keep)
     if scope == "global" and simple:
         if normalize is not None:
             scores = normalize_scores(scores, normalize)
-        return select_lib.global_topk(scores, sparsity, min_keep=min_keep)
+        return select_lib.global_topk(least(scores), sparsity, min_keep=min_keep)
     labels = _scope_labels(scores, scope)
     caps = _max_sparsity(scores, max_sparsity)
     members: dict[Any, list[str]] = {}
@@ -982,6 +992,7 @@ def select_groups(
         vecs = {n: scores[n] for n in names}
         if len(names) > 1 and normalize is not None:
             vecs = normalize_scores(vecs, normalize)
+        vecs = least(vecs)
         floors = tuple(_floor(n, int(v.shape[0]), caps, min_keep) for n, v in vecs.items())
         out.update(_select_scope(vecs, s, floors, round_to))
     return {name: out[name] for name in scores}

@@ -38,6 +38,7 @@ def check_masks(params: base.Params, masks: base.Mask) -> None:
       >>> import jaxprune
       >>> jaxprune.check_masks({"w": jnp.ones((2, 3))}, {"w": jnp.ones((1, 3), bool)})
     """
+    params, masks = base.unwrap_variables(params), base.unwrap_variables(masks)
     base.check_structure(params, masks, "masks")
     for (path, p), (_, m) in zip(
         base.leaves_with_paths(params), base.leaves_with_paths(masks), strict=True
@@ -49,11 +50,20 @@ def check_masks(params: base.Params, masks: base.Mask) -> None:
         base.check_mask_leaf(path, m, p)
 
 
+@jax.custom_jvp
 def _straight_through_where(m: jax.Array, w: jax.Array) -> jax.Array:
-    # Forward: exactly ``where(m, w, 0)`` (w + (0 - w) == 0 and w + (w - w) == w in IEEE
-    # arithmetic for finite w). Backward: the identity, so pruned weights keep receiving the
-    # gradient of the masked product (Dynamic Network Surgery).
-    return w + jax.lax.stop_gradient(jnp.where(m, w, jnp.zeros((), w.dtype)) - w)
+    # Forward: exactly ``where(m, w, 0)``, for every value of w (an arithmetic form such as
+    # ``w + stop_gradient(where(m, w, 0) - w)`` gives NaN for an infinite pruned weight).
+    # Derivative: the identity, so pruned weights keep receiving the gradient of the masked
+    # product (Dynamic Network Surgery).
+    return jnp.where(m, w, jnp.zeros((), w.dtype))
+
+
+@_straight_through_where.defjvp
+def _straight_through_where_jvp(primals, tangents):
+    m, w = primals
+    _, dw = tangents
+    return _straight_through_where(m, w), dw
 
 
 def apply_masks(
@@ -62,7 +72,9 @@ def apply_masks(
     """Zeroes the pruned entries of ``params``.
 
     Args:
-      params: A tree of arrays; ``None`` leaves stay ``None``.
+      params: A tree of arrays; ``None`` leaves stay ``None``. An NNX
+        ``nnx.state(model, nnx.Param)`` works with the masks of an ``nnx.Optimizer`` (the
+        result keeps the ``Param`` wrappers, ready for ``nnx.update(model, ...)``).
       masks: A tree with the structure of ``params``: bool leaves broadcastable to the
         parameter (``True`` = kept) or ``None`` (leaf left unchanged).
       straight_through: If ``True``, the forward value is the masked parameter but the
@@ -92,12 +104,13 @@ def apply_masks(
         fn = _straight_through_where
     else:
         fn = lambda m, w: jnp.where(m, w, jnp.zeros((), w.dtype))
-    return jax.tree.map(
+    out = jax.tree.map(
         lambda w, m: w if (w is None or m is None) else fn(m, w),
-        params,
-        masks,
+        base.unwrap_variables(params),
+        base.unwrap_variables(masks),
         is_leaf=base.is_none,
     )
+    return base.rewrap_variables(params, out)
 
 
 def full_masks(params: base.Params, masks: base.Mask) -> base.Mask:
@@ -118,6 +131,7 @@ def full_masks(params: base.Params, masks: base.Mask) -> base.Mask:
              [ True, False]], dtype=bool)
     """
     check_masks(params, masks)
+    params, masks = base.unwrap_variables(params), base.unwrap_variables(masks)
     return base.map_prunable(lambda p, m: jnp.broadcast_to(m, p.shape), params, masks)
 
 
@@ -135,6 +149,7 @@ def count_kept(params: base.Params, masks: base.Mask) -> Any:
       A tree like ``params`` of int32 scalars (``None`` where ``params`` is ``None``).
     """
     check_masks(params, masks)
+    params, masks = base.unwrap_variables(params), base.unwrap_variables(masks)
 
     def kept(p, m):
         if m is None:
@@ -156,11 +171,22 @@ class LayerStats(NamedTuple):
     kept: int  # Entries the mask keeps (the full size when unmasked).
     nonzero: int  # Non-zero entries of the parameter after masking.
     masked: bool  # Whether the leaf has a mask.
+    weight_nonzero: int = -1  # Non-zero entries of the weights as given (before masking).
 
     @property
     def sparsity(self) -> float:
         """Fraction of entries that are zero after masking."""
         return 1.0 - self.nonzero / self.size if self.size else 0.0
+
+    @property
+    def weight_sparsity(self) -> float:
+        """Fraction of entries that are zero in the weights as given (before masking)."""
+        return 1.0 - self.weight_nonzero / self.size if self.size else 0.0
+
+    @property
+    def pruned_nonzero(self) -> int:
+        """Entries the mask prunes whose weight is not zero (the masks and weights disagree)."""
+        return self.weight_nonzero - self.nonzero
 
 
 class SparsityStats(NamedTuple):
@@ -171,6 +197,17 @@ class SparsityStats(NamedTuple):
     nonzero: int  # Non-zero entries after masking.
     prunable_size: int  # Entries of masked leaves only.
     prunable_nonzero: int
+    weight_nonzero: int = -1  # Non-zero entries of the weights as given (before masking).
+
+    @property
+    def weight_sparsity(self) -> float:
+        """Global sparsity of the weights as given (their own zeros, masks not applied)."""
+        return 1.0 - self.weight_nonzero / self.size if self.size else 0.0
+
+    @property
+    def pruned_nonzero(self) -> int:
+        """Entries the masks prune whose weight is not zero (``0`` when they agree)."""
+        return self.weight_nonzero - self.nonzero
 
     @property
     def sparsity(self) -> float:
@@ -203,7 +240,12 @@ def summary(
     """Prints a per-layer sparsity table and returns the numbers. Runs on the host.
 
     Non-zeros are counted in the masked parameters (entries that are zero in the dense
-    weights count as zero too), in entries of the full parameter shape.
+    weights count as zero too), in entries of the full parameter shape. The weights' own
+    non-zeros (before masking) are counted too: where the masks prune entries that are not
+    zero in the weights, the table says so per leaf and in a final warning line (the
+    sparsity shown then holds only after ``jaxprune.apply_masks``; for masks read from an
+    optimizer state, ``optax_sparsity`` was probably not last in the chain). Leaves without a
+    mask are marked ``(no mask)``; their sparsity is that of their own zeros.
 
     Args:
       params: A tree of arrays.
@@ -221,12 +263,15 @@ def summary(
       >>> stats.nonzero, stats.size, round(stats.sparsity, 3)
       (5, 6, 0.167)
     """
+    params = base.unwrap_variables(params)
     if masks is not None:
+        masks = base.unwrap_variables(masks)
         masked = apply_masks(params, masks)
         mask_leaves = dict(base.leaves_with_paths(masks))
         kept_leaves = dict(base.leaves_with_paths(count_kept(params, masks)))
     else:
         masked, mask_leaves, kept_leaves = params, {}, {}
+    weights = dict(base.leaves_with_paths(params))
     rows = []
     for path, x in base.leaves_with_paths(masked):
         if x is None:
@@ -235,13 +280,19 @@ def summary(
         nonzero = int(np.count_nonzero(np.asarray(jax.device_get(x))))
         has_mask = mask_leaves.get(path) is not None
         kept = int(kept_leaves[path]) if has_mask else size
-        rows.append(LayerStats(path, tuple(x.shape), size, kept, nonzero, has_mask))
+        own = (
+            int(np.count_nonzero(np.asarray(jax.device_get(weights[path]))))
+            if has_mask
+            else nonzero
+        )
+        rows.append(LayerStats(path, tuple(x.shape), size, kept, nonzero, has_mask, own))
     stats = SparsityStats(
         layers=tuple(rows),
         size=sum(r.size for r in rows),
         nonzero=sum(r.nonzero for r in rows),
         prunable_size=sum(r.size for r in rows if r.masked),
         prunable_nonzero=sum(r.nonzero for r in rows if r.masked),
+        weight_nonzero=sum(r.weight_nonzero for r in rows),
     )
     if print_fn is not None:
         print_fn(format_summary(stats))
@@ -255,7 +306,15 @@ def format_summary(stats: SparsityStats) -> str:
     lines = [header, "-" * len(header)]
     for r in stats.layers:
         shape = "x".join(map(str, r.shape)) or "scalar"
-        mark = "" if r.masked else "  (dense)"
+        if not r.masked:
+            mark = "  (no mask)"
+        elif r.pruned_nonzero > 0:
+            mark = (
+                f"  ! weights {r.weight_sparsity:.2%} zero: {r.pruned_nonzero:,} pruned entries "
+                "are non-zero"
+            )
+        else:
+            mark = ""
         lines.append(
             f"{r.path:<{width}}  {shape:>18}  {r.size:>11,}  {r.nonzero:>11,}  "
             f"{r.sparsity:>8.2%}{mark}"
@@ -265,4 +324,11 @@ def format_summary(stats: SparsityStats) -> str:
         f"{'total':<{width}}  {'':>18}  {stats.size:>11,}  {stats.nonzero:>11,}  "
         f"{stats.sparsity:>8.2%}  (compression {stats.compression:.1f}x)"
     )
+    if stats.pruned_nonzero > 0:
+        lines.append(
+            f"WARNING: the masks prune {stats.pruned_nonzero:,} entries that are not zero in the "
+            f"weights (the weights themselves are {stats.weight_sparsity:.2%} zero). The "
+            "sparsity above holds only after jaxprune.apply_masks(params, masks); if the masks "
+            "come from optax_sparsity, it is not last in the optax chain."
+        )
     return "\n".join(lines)

@@ -25,6 +25,21 @@ def _f32(x: jax.Array) -> jax.Array:
 
 
 def _check_float(params: base.Params, what: str = "params") -> None:
+    dtype = getattr(params, "dtype", None)
+    if (
+        getattr(params, "shape", None) == ()
+        and dtype is not None
+        and jnp.issubdtype(dtype, jnp.integer)
+    ):  # A step count: optax.inject_hyperparams took a score function for a schedule.
+        raise TypeError(
+            f"a score function was called with an integer scalar ({dtype}) instead of params: "
+            "optax.inject_hyperparams calls every callable argument as a schedule of the step "
+            "count. List the non-numeric arguments in `static_args`, e.g. "
+            "optax.inject_hyperparams(jaxprune.optax_sparsity, static_args=('score_fn', "
+            "'granularity', 'reduction', 'distribution', 'prunable', 'update_when', 'min_keep', "
+            "'straight_through', 'select_fn', 'method', 'group_lasso_groups', "
+            "'slimming_select'))."
+        )
     for path, x in base.leaves_with_paths(params):
         if x is not None:
             base.check_float_leaf(path, x, f"{what} leaf")

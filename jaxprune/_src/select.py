@@ -10,7 +10,9 @@ scores inside every consumer (:class:`_Keys`) rather than stored.
 
 from __future__ import annotations
 
+import fractions
 import functools
+import math
 from typing import Any, Literal
 
 import jax
@@ -33,16 +35,20 @@ _MAX_ENTRIES = 2**31 - 2  # Global indices and counts are int32.
 
 
 def _as_f32(x: jax.Array) -> jax.Array:
-    """Float32 copy of ``x`` with NaN -> -inf and -0.0 -> +0.0 (the order every selector uses)."""
+    """Float32 copy of ``x`` with NaN, +inf -> -inf and -0.0 -> +0.0 (the selectors' order).
+
+    The NaN/inf rule: a non-finite score (NaN, +inf or -inf) ranks as the least important,
+    below every finite score, so a broken weight is pruned first rather than kept forever.
+    """
     x = jnp.asarray(x)
     if x.dtype != jnp.float32:
         x = x.astype(jnp.float32)
-    x = jnp.where(jnp.isnan(x), -jnp.inf, x)
+    x = jnp.where(jnp.isfinite(x), x, -jnp.inf)
     return jnp.where(x == 0, 0.0, x)
 
 
 def _order_keys(x: jax.Array) -> jax.Array:
-    """Maps floats to ``uint32`` keys with ``key(a) > key(b)`` iff ``a > b`` (NaN lowest)."""
+    """Maps floats to ``uint32`` keys with ``key(a) > key(b)`` iff ``a > b`` (non-finite lowest)."""
     u = lax.bitcast_convert_type(_as_f32(x), jnp.uint32)
     return jnp.where(u >= jnp.uint32(0x80000000), ~u, u | jnp.uint32(0x80000000))
 
@@ -58,8 +64,26 @@ def _flat_index(shape: tuple[int, ...], offset: int = 0) -> jax.Array:
     return idx + offset if offset else idx
 
 
+def _decimal_dropped(s: Any, n: int) -> int:
+    """``floor(d * n)`` for the shortest decimal ``d`` that reads back as float32 ``s``.
+
+    The count a user expects from a concrete sparsity: ``0.9`` of 235,200 drops 211,680,
+    although float32 ``0.9`` times 235,200 is 211,679.994.
+    """
+    value = np.float32(np.asarray(s, np.float32))
+    if not value > 0:  # also -0.0
+        return 0
+    if value >= 1:
+        return n
+    decimal = fractions.Fraction(np.format_float_positional(value, unique=True, trim="-"))
+    return min(n, math.floor(decimal * n))
+
+
 def _num_dropped(s: jax.Array, n: int) -> jax.Array:
     """The number of entries a sparsity ``s`` drops out of ``n`` (see :func:`topk_mask`).
+
+    A concrete ``s`` (a Python or NumPy number, or an array with a value) drops the decimal
+    floor (:func:`_decimal_dropped`). A traced one:
 
     ``floor(s * n + min(n, 2**16) * 2**-24)`` computed exactly for the float32 value of ``s``
     and a static ``0 <= n < 2**31``. The small slack absorbs the float32 representation error
@@ -70,6 +94,8 @@ def _num_dropped(s: jax.Array, n: int) -> jax.Array:
     ``2**r``) is formed from 16-bit limbs in ``uint32`` (x64 is off). ``s <= 0`` gives 0 and
     ``s >= 1`` gives ``n`` (traced values cannot be checked; callers check concrete ones).
     """
+    if base.is_concrete(s):
+        return jnp.int32(_decimal_dropped(s, n))
     u32 = jnp.uint32
     s = jnp.asarray(s, jnp.float32)
     bits = lax.bitcast_convert_type(s, u32)
@@ -135,6 +161,8 @@ def _scalar(value: Any, name: str, *, fraction: bool = True) -> jax.Array:
         base.check_fraction(value, name)
     elif base.is_concrete(value) and np.isnan(np.asarray(value, np.float64)):
         raise ValueError(f"`{name}` must not be NaN.")
+    if base.is_concrete(value):  # stays concrete under jit (exact decimal counts)
+        return np.asarray(value, np.float32)
     return jnp.asarray(value, jnp.float32)
 
 
@@ -399,20 +427,26 @@ def topk_mask(
 
     Exactly ``max(n - floor(sparsity * n), min(min_keep, n))`` entries are kept (``n =
     scores.size``): the largest scores, ties broken by keeping the lowest flat (row-major)
-    index first, so the mask equals ``lax.top_k`` + scatter. NaN counts as the lowest score and
+    index first, so the mask equals ``lax.top_k`` + scatter on finite scores. Non-finite
+    scores (NaN, ``+inf``, ``-inf``) rank as the least important, below every finite score
+    (a broken weight is pruned first, never kept because its magnitude is infinite), and
     ``-0.0`` equals ``0.0``. Scores are compared in float32 (bf16/f16 are upcast exactly).
 
-    ``sparsity`` may be traced: changing it never recompiles. It is taken as float32 and
+    ``sparsity`` may be traced: changing it never recompiles. A concrete value (a Python
+    float, even inside ``jit``) drops the decimal floor of the number as written: ``0.9`` of
+    235,200 drops exactly 211,680. A traced value is taken as float32 and
     ``floor(sparsity * n)`` is computed exactly, with a slack of ``min(n, 2**16) * 2**-24``
-    so that decimal values behave as written (``0.9`` of 10 drops 9, although float32 ``0.9``
-    is ``0.89999998``). Nothing is sorted (see :mod:`jaxprune.select`): the k-th largest score
-    is found by a radix select or a bisection.
+    so that decimal values behave as written on small leaves (``0.9`` of 10 drops 9,
+    although float32 ``0.9`` is ``0.89999998``). Nothing is sorted (see
+    :mod:`jaxprune.select`): the k-th largest score is found by a radix select or a
+    bisection.
 
     Args:
       scores: A floating-point array of any shape (0-d and empty included).
       sparsity: Fraction of entries to drop, in ``[0, 1]``; a Python number or a scalar array
         (concrete values are checked; a traced value outside ``[0, 1]`` acts like the nearest
-        end).
+        end, and a traced NaN drops nothing: ``optax_sparsity`` records such updates, see
+        :func:`jaxprune.masks`).
       min_keep: Keep at least ``min(min_keep, n)`` entries whatever the sparsity.
       method: ``"radix"`` (histograms; fastest on CPU), ``"bisect"`` (32 counting passes;
         partitions into scalar all-reduces on sharded scores) or ``"auto"`` (``"bisect"`` for
@@ -569,7 +603,7 @@ def threshold(scores: base.Scores, t: Any, *, strict: bool = True) -> base.Mask:
 
     The strict form is the one of the network slimming code (Liu et al., ICCV 2017); with
     ties at ``t`` the kept count depends on the choice, use :func:`topk_mask` for exact counts.
-    NaN scores are dropped.
+    Non-finite scores (NaN, ``+inf``, ``-inf``) are dropped.
 
     Args:
       scores: A tree of float score arrays; ``None`` leaves give ``None`` masks.
@@ -610,8 +644,8 @@ def std_threshold(
     networks", NeurIPS 2015 (Sec. 4: the threshold is a quality parameter times the standard
     deviation of the layer's weights). Pass the *parameters* (not their magnitudes) as
     ``scores``: the standard deviation (``ddof=0``) is taken over the leaf's values, ignoring
-    NaN entries (NaN weights are dropped). Distiller's implementation computes the standard
-    deviation once on the dense weights and keeps the threshold fixed over pruning
+    non-finite entries (non-finite weights are dropped). Distiller's implementation computes
+    the standard deviation once on the dense weights and keeps the threshold fixed over pruning
     iterations: pass those weights as ``reference``.
 
     Args:
@@ -649,8 +683,9 @@ def std_threshold(
         qv = _scalar(qv, name, fraction=False)
         if base.is_concrete(qv) and float(qv) < 0:
             raise ValueError(f"`{name}` must be >= 0, got {float(qv)}.")
-        std = jnp.nanstd(jnp.asarray(ref).astype(jnp.float32))
-        return _as_f32(jnp.abs(x)) > qv * std  # NaN weights are dropped
+        ref = jnp.asarray(ref).astype(jnp.float32)
+        std = jnp.nanstd(jnp.where(jnp.isfinite(ref), ref, jnp.nan))
+        return _as_f32(jnp.abs(x)) > qv * std  # non-finite weights are dropped
 
     return base.map_with_path(one, scores, q_tree, reference)
 
@@ -700,8 +735,8 @@ def n_of_m_mask(scores: jax.Array, n: int, m: int, axis: int = -2) -> jax.Array:
     N:M structured sparsity (2:4 for NVIDIA sparse tensor cores; Mishra et al., "Accelerating
     sparse deep neural networks", 2021, and NVIDIA apex ASP). The default ``axis=-2`` is the
     input (reduction) axis of Flax kernels: axis 0 of a Dense ``(in, out)`` kernel and ``cin``
-    of an HWIO conv kernel. Ties go to the lower index, NaN counts as the lowest score. No sort:
-    each entry is ranked within its group by ``m * m`` pairwise comparisons.
+    of an HWIO conv kernel. Ties go to the lower index, non-finite scores count as the lowest.
+    No sort: each entry is ranked within its group by ``m * m`` pairwise comparisons.
 
     Args:
       scores: A floating-point array.

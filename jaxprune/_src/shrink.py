@@ -20,6 +20,7 @@ told apart: keep such leaves out of the tree passed in.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -42,6 +43,12 @@ def _by_path(groups: Sequence[Group], group_masks: Mapping[str, Any]):
         keep = np.asarray(group_masks[g.name]).astype(bool)
         if keep.ndim != 1:
             raise ValueError(f"mask of group {g.name!r} must be a vector, got {keep.shape}.")
+        if keep.size and not keep.any():
+            raise ValueError(
+                f"the mask of group {g.name!r} keeps none of its {keep.size} channels: a "
+                "zero-width layer cannot be rebuilt or run. Keep at least one channel (selection "
+                "does with min_keep >= 1), or remove the layer from the model by hand."
+            )
         for m in g.members:
             out.setdefault(m.path, []).append((g.name, m, keep))
     return out
@@ -83,7 +90,31 @@ def _lines(path: str, shape: tuple[int, ...], entries: list) -> dict[int, np.nda
     return lines
 
 
-def shrink(tree: Any, group_masks: Mapping[str, Any], groups: Sequence[Group]) -> Any:
+def _check_matched(
+    members: dict[str, list], matched: set[str], paths: list[str], hint: str
+) -> None:
+    """Raises ``ValueError`` naming every member path that matched no leaf of the tree."""
+    missing = [m for m in members if m not in matched]
+    if not missing:
+        return
+    m = missing[0]
+    group = members[m][0][0]
+    close = difflib.get_close_matches(m, paths, n=3, cutoff=0.5)
+    raise ValueError(
+        f"member path {m!r} of group {group!r} matches no leaf of the tree"
+        + (f" (and {len(missing) - 1} more: {missing[1:6]})" if len(missing) > 1 else "")
+        + (f"; did you mean {close}?" if close else f"; the tree's paths are e.g. {paths[:5]}.")
+        + f" {hint}"
+    )
+
+
+def shrink(
+    tree: Any,
+    group_masks: Mapping[str, Any],
+    groups: Sequence[Group],
+    *,
+    allow_missing: bool = False,
+) -> Any:
     """Removes the pruned channels of every group from the matching leaves of ``tree``.
 
     Works on params, Linen ``variables`` (batch statistics included) and optax states
@@ -94,6 +125,10 @@ def shrink(tree: Any, group_masks: Mapping[str, Any], groups: Sequence[Group]) -
       tree: Any pytree of arrays (``None`` and non-array leaves pass through).
       group_masks: ``{group name: bool vector}`` (``True`` = kept), e.g. from selection.
       groups: The groups, e.g. ``trace_groups(...).groups``.
+      allow_missing: Accept member paths that match no leaf of ``tree`` (e.g. an optimizer
+        state with no copy of some parameter). By default such a path raises: a misspelled
+        path, or groups naming ``'params/...'`` applied to a params-only tree, would
+        otherwise return the tree unchanged.
 
     Returns:
       A tree of the same structure whose matched leaves are smaller ``jax.Array`` s; other
@@ -103,7 +138,8 @@ def shrink(tree: Any, group_masks: Mapping[str, Any], groups: Sequence[Group]) -
       on one device stays on that device; host arrays come back on the default device.
 
     Raises:
-      ValueError: If a group has no mask, a mask does not fit a matched leaf (the message
+      ValueError: If a group has no mask, a mask keeps no channel, a member path matches no
+        leaf (unless ``allow_missing``), a mask does not fit a matched leaf (the message
         names the group and the path), or two leaves matched to the same member path differ
         in shape (e.g. the factored moments of Adafactor, which are not parameter copies).
 
@@ -119,6 +155,17 @@ def shrink(tree: Any, group_masks: Mapping[str, Any], groups: Sequence[Group]) -
     """
     members = _by_path(groups, group_masks)
     seen: dict[str, tuple[str, tuple[int, ...]]] = {}
+    if not allow_missing:
+        paths = [p for p, x in base.leaves_with_paths(tree) if x is not None]
+        matched = {m for m in (_match(p, members) for p in paths) if m is not None}
+        _check_matched(
+            members,
+            matched,
+            paths,
+            "Member paths are leaf paths of `tree` or '/'-suffixes of them; for a params-only "
+            "tree pass jaxprune.groups_under(groups, 'params'). Pass allow_missing=True if the "
+            "tree legitimately lacks some parameters.",
+        )
 
     def one(path, x):
         if x is None or not hasattr(x, "shape") or not np.ndim(x):
@@ -161,7 +208,11 @@ def _fit(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
 
 
 def widths(
-    groups: Sequence[Group], group_masks: Mapping[str, Any], tree: Any, *, strip: str = "params"
+    groups: Sequence[Group],
+    group_masks: Mapping[str, Any],
+    tree: Any,
+    *,
+    strip: str | None = None,
 ) -> dict[str, int]:
     """Returns the number of output features each layer keeps: ``{module path: features}``.
 
@@ -174,10 +225,16 @@ def widths(
       groups: The groups.
       group_masks: ``{group name: bool vector}`` (``True`` = kept).
       tree: The params or variables the groups name (only shapes are read).
-      strip: A leading collection name to drop from module paths (``''`` keeps them).
+      strip: A leading collection name to drop from module paths: a top-level key of
+        ``tree`` (``''`` keeps the paths whole). Default: ``'params'`` when ``tree`` has
+        that top-level key.
 
     Returns:
       ``{module path: new number of output features}``, e.g. ``{"conv1": 8, "fc1": 250}``.
+
+    Raises:
+      ValueError: If ``strip`` is not a top-level key of ``tree``, or a member path matches
+        no leaf of ``tree`` (the message names it).
 
     Example:
       >>> import jax.numpy as jnp
@@ -190,8 +247,24 @@ def widths(
       {'fc1': 2}
     """
     members = _by_path(groups, group_masks)
+    items = base.leaves_with_paths(tree)
+    tops = sorted({p.split("/", 1)[0] for p, x in items if x is not None and "/" in p})
+    if strip is None:
+        strip = "params" if "params" in tops else ""
+    elif strip and strip.rstrip("/") not in tops:
+        raise ValueError(
+            f"`strip`={strip!r} is not a top-level collection of `tree` (its top-level keys are "
+            f"{tops[:8]}); pass one of them, or '' to keep module paths whole."
+        )
+    paths = [p for p, x in items if x is not None]
+    _check_matched(
+        members,
+        {m for m in members if m in set(paths)},
+        paths,
+        "widths() matches member paths to leaf paths exactly: pass the tree the groups name.",
+    )
     out = {}
-    for path, x in base.leaves_with_paths(tree):
+    for path, x in items:
         if x is None or len(np.shape(x)) < 2 or path not in members:
             continue
         shape = tuple(np.shape(x))

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxprune._src import base
@@ -33,6 +35,12 @@ class SparsityState(NamedTuple):
 
     count: jax.Array  # int32 scalar: number of updates so far.
     masks: base.Mask  # bool leaves shaped like the granularity's masks; None = never pruned.
+    # int32 scalar: the most pruned entries of ``params`` found non-zero (or non-finite) at the
+    # start of any update so far; 0 when the transform is last in the chain (see ``masks``).
+    leaked: Any = None
+    # int32 scalar: mask updates so far whose target sparsity was NaN or outside [0, 1]
+    # (a traced value or a schedule; NaN keeps every weight, others act like the nearest end).
+    bad_sparsity: Any = None
 
 
 class DynamicSurgeryState(NamedTuple):
@@ -45,24 +53,107 @@ class DynamicSurgeryState(NamedTuple):
     key: jax.Array  # PRNG key for the stochastic update decision.
 
 
-def default_prunable(params: base.Params) -> Any:
+def default_prunable(params: base.Params, *, exclude: Any = ()) -> Any:
     """``True`` for leaves of rank >= 2 (kernels and embeddings), ``False`` for the rest.
 
     Biases and normalization scales/offsets (rank 1) and scalars are never pruned by default.
+    ``exclude`` names leaves (or whole subtrees, by path prefix) that stay dense, typically
+    the model's output layer under a structured granularity:
+    ``prunable=lambda p: jaxprune.default_prunable(p, exclude=["head"])``.
 
     Args:
       params: A tree of arrays (or ``jax.ShapeDtypeStruct``).
+      exclude: Paths or path prefixes (e.g. ``"Dense_2"`` or ``"Dense_2/kernel"``) of leaves
+        that are never pruned; a single string is one path.
 
     Returns:
       A tree of Python bools with the structure of ``params`` (``None`` stays ``None``).
+
+    Raises:
+      ValueError: If an ``exclude`` entry matches no parameter path (all are listed).
 
     Example:
       >>> import jax.numpy as jnp
       >>> import jaxprune
       >>> jaxprune.default_prunable({"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)})
       {'bias': False, 'kernel': True}
+      >>> p = {"fc": {"kernel": jnp.ones((3, 2))}, "out": {"kernel": jnp.ones((2, 2))}}
+      >>> jaxprune.default_prunable(p, exclude="out")
+      {'fc': {'kernel': True}, 'out': {'kernel': False}}
     """
-    return base.map_prunable(lambda p: len(p.shape) >= 2, params)
+    excluded = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    paths = [path for path, x in base.leaves_with_paths(params) if x is not None]
+
+    def covers(prefix: str, path: str) -> bool:
+        return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+    unknown = [e for e in excluded if not any(covers(e, p) for p in paths)]
+    if unknown:
+        raise ValueError(
+            f"`exclude` names {unknown} that match no parameter path; parameter paths are e.g. "
+            f"{paths[:6]}."
+        )
+    return base.map_with_path(
+        lambda path, p: len(p.shape) >= 2 and not any(covers(e, path) for e in excluded),
+        params,
+    )
+
+
+def _prunes_output_units(granularity: Any) -> bool:
+    """Whether one unit of ``granularity`` is a whole output unit (or the whole leaf).
+
+    FILTER (a kernel's last axis) and LAYER remove output units: on a model's output layer
+    they remove classes. Prefix trees of granularities are the user's explicit choice.
+    """
+    if not isinstance(granularity, (gran_lib.Granularity, str)):
+        return False
+    g = gran_lib._resolve(granularity)
+    return not g.is_n_of_m and all(set(g.mask_axes(n)) <= {n - 1} for n in (2, 4))
+
+
+def _check_output_layer_rule(granularity: Any, flags: Any, params: base.Params) -> None:
+    """Refuses a structured output-unit granularity with the default ``prunable``."""
+    if not _prunes_output_units(granularity):
+        return
+    chosen = [path for (path, f) in base.leaves_with_paths(flags) if f]
+    name = gran_lib._resolve(granularity).name
+    raise ValueError(
+        f"granularity {name!r} prunes whole output units of every kernel, and the default "
+        "`prunable` (every leaf of rank >= 2) includes the model's output layer, whose output "
+        f"units are the model's outputs (a classifier's classes). Prunable leaves: {chosen[:8]}."
+        " Pass `prunable=` explicitly, e.g. `prunable=lambda p: jaxprune.default_prunable(p, "
+        f"exclude=[{chosen[-1] if chosen else 'OUTPUT_LAYER'!r}])` naming the output layer, or "
+        "`prunable=jaxprune.default_prunable` to prune every kernel anyway."
+    )
+
+
+_STEP_ARGS = {"update_every": 1, "begin_step": 0, "end_step": 0}
+
+
+def _check_step_arg(value: Any, name: str) -> None:
+    """Raises unless a schedule step argument is an integer (Python/NumPy int or int array)."""
+    if value is None:
+        return
+    dtype = getattr(value, "dtype", None)
+    if (
+        dtype is not None
+        and getattr(value, "shape", None) == ()
+        and not isinstance(value, np.generic)
+    ):
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise TypeError(
+                f"`{name}` must be an integer number of steps, got an array of dtype {dtype}."
+            )
+        if base.is_concrete(value) and int(value) < _STEP_ARGS[name]:
+            raise ValueError(f"`{name}` must be >= {_STEP_ARGS[name]}, got {int(value)}.")
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"`{name}` must be an integer number of steps, got {value!r}; a fractional value "
+            "would be truncated."
+        )
+    if value < _STEP_ARGS[name]:
+        raise ValueError(f"`{name}` must be >= {_STEP_ARGS[name]}, got {value}.")
 
 
 def _prunable_flags(prunable: Any, params: base.Params) -> Any:
@@ -131,9 +222,9 @@ def optax_sparsity(
     granularity: Any = "unstructured",
     reduction: gran_lib.Reduction = "sum",
     distribution: Any = "uniform",
-    prunable: Any = default_prunable,
-    update_every: int = 100,
-    begin_step: int = 0,
+    prunable: Any = None,
+    update_every: int | None = None,
+    begin_step: int | None = None,
     end_step: int | None = None,
     update_when: Callable[[jax.Array], jax.Array] | None = None,
     min_keep: int = 1,
@@ -163,7 +254,22 @@ def optax_sparsity(
     Unless ``straight_through``, the update of every pruned entry becomes ``-param``, so that
     ``optax.apply_updates`` leaves pruned weights exactly ``0.0``, whatever the optimizer
     before it did (momentum, Adam/AdamW moments, Lion, weight decay). **Place it last in the
-    chain**: anything after it (a learning-rate scale, say) would rescale ``-param``.
+    chain**: anything after it (a learning-rate scale, say) would rescale ``-param``. A wrong
+    order is detected: every update counts the pruned entries of ``params`` that are not zero
+    (state field ``leaked``), and :func:`jaxprune.masks` raises on such a state;
+    :func:`jaxprune.summary` shows the weights' own zeros next to the masks'. Kept entries
+    pass through bit for bit. A non-finite weight at a pruned entry cannot be zeroed by an
+    update (``inf + -inf`` is NaN): it is reported the same way, and
+    :func:`jaxprune.apply_masks` writes exact zeros whatever the value.
+
+    **Model outputs are not pruned by default under structured granularities.** ``FILTER``
+    and ``LAYER`` units are whole output units of a kernel; on the output layer they would
+    remove classes. The default ``prunable`` (every leaf of rank >= 2) cannot tell which
+    kernel is the output layer, so with one of these granularities ``init`` raises until
+    ``prunable`` is given, e.g. ``prunable=lambda p: jaxprune.default_prunable(p,
+    exclude=["head"])`` (or ``prunable=jaxprune.default_prunable`` to prune every kernel).
+    Granularities that keep every output unit (unstructured, N:M, ``INPUT_CHANNEL``,
+    ``FILTER_SHAPE``, ``CONNECTION``) and prefix trees of granularities are not affected.
 
     **Penalty keywords.** ``l1=``, ``group_lasso=``, ``slimming=`` and ``gates=`` add the
     common sparsity penalties in the same line. Because this transform is last, after the
@@ -190,7 +296,11 @@ def optax_sparsity(
       sparsity: Target fraction of pruned units: a float, a schedule ``count -> float``
         (e.g. ``jaxprune.schedules.polynomial``, any optax schedule), or a prefix tree of
         those over the params (``None`` = stays dense), which bypasses ``distribution``.
-        Omit it for N:M granularity, which fixes the sparsity at ``1 - n/m``.
+        Omit it for N:M granularity, which fixes the sparsity at ``1 - n/m``. Concrete
+        values outside ``[0, 1]`` raise; a traced value or a schedule's value cannot be
+        checked when tracing: outside ``[0, 1]`` it acts like the nearest end and NaN prunes
+        nothing, and every such mask update is counted in the state (``bad_sparsity``), so
+        that :func:`jaxprune.masks` raises (e.g. for a schedule written in percent).
       score_fn: ``(params, grads) -> scores`` with element-level scores, e.g.
         ``jaxprune.scores.magnitude`` (default) or ``jaxprune.scores.taylor``; gradient-based
         scores read the extra argument ``raw_grads=`` of ``update``.
@@ -202,12 +312,15 @@ def optax_sparsity(
         ``(params, sparsity) -> per-leaf sparsity tree`` (see ``jaxprune.distributions``) or a
         dict ``path -> sparsity or schedule`` (then ``sparsity`` is omitted).
       prunable: A bool tree (or prefix) over the params, or a callable returning one;
-        ``False`` leaves are never pruned. Default: leaves of rank >= 2 (kernels).
-      update_every: Steps between mask updates (default predicate).
-      begin_step: First step at which the masks are updated (default predicate).
+        ``False`` leaves are never pruned. ``None`` (default): :func:`default_prunable`
+        (leaves of rank >= 2, i.e. kernels), refused for ``FILTER``/``LAYER`` (see above).
+      update_every: Steps between mask updates (default predicate), an int ``>= 1``;
+        default 100.
+      begin_step: First step at which the masks are updated (default predicate), an int
+        ``>= 0``; default 0.
       end_step: Last step at which the masks are updated, or ``None`` for no end.
-      update_when: A predicate ``count -> bool`` that replaces the three arguments above,
-        e.g. ``jaxprune.schedules.at_steps((0, 1000, 2000))``.
+      update_when: A predicate ``count -> bool`` that replaces the three arguments above
+        (passing both raises), e.g. ``jaxprune.schedules.at_steps((0, 1000, 2000))``.
       min_keep: Per-layer floor: units every layer keeps (``0`` allows emptying a layer).
       straight_through: Leave the updates of pruned entries unchanged (see above).
       select_fn: Optional ``(scores, per_leaf_sparsity) -> masks`` replacing the top-k
@@ -241,8 +354,11 @@ def optax_sparsity(
 
     Raises:
       ValueError: For a sparsity outside ``[0, 1]``, a granularity that does not fit a leaf,
-        an N:M axis not divisible by M, or inconsistent arguments; messages name the path.
-      TypeError: If a prunable leaf is not floating point.
+        an N:M axis not divisible by M, ``update_when`` together with step arguments, a
+        ``FILTER``/``LAYER`` granularity with the default ``prunable``, Linen ``variables``
+        (with ``batch_stats``) passed as params, or inconsistent arguments; messages name
+        the path or argument.
+      TypeError: If a prunable leaf is not floating point, or a step argument is not an int.
 
     Notes:
       With ``optax.inject_hyperparams`` list the non-numeric arguments as static:
@@ -296,7 +412,30 @@ def optax_sparsity(
         dist_fn = dist_lib.resolve(distribution)
     else:
         dist_fn = None
-    if update_when is None:
+    if update_when is not None:
+        given = [
+            name
+            for name, v in (
+                ("update_every", update_every),
+                ("begin_step", begin_step),
+                ("end_step", end_step),
+            )
+            if v is not None
+        ]
+        if given:
+            raise ValueError(
+                f"`update_when` replaces {given}, which would be ignored: pass either "
+                "`update_when` or the step arguments, not both."
+            )
+    else:
+        update_every = 100 if update_every is None else update_every
+        begin_step = 0 if begin_step is None else begin_step
+        for name, v in (
+            ("update_every", update_every),
+            ("begin_step", begin_step),
+            ("end_step", end_step),
+        ):
+            _check_step_arg(v, name)
         step_args = (update_every, begin_step, end_step)
         if all(v is None or isinstance(v, int) for v in step_args):
             update_when = sched_lib.every(update_every, begin_step=begin_step, end_step=end_step)
@@ -304,20 +443,24 @@ def optax_sparsity(
             update_when = _array_every(update_every, begin_step, end_step)
     if base.is_concrete(min_keep):
         min_keep = base.check_int(min_keep, "min_keep")
+    selected = default_prunable if prunable is None else prunable
     penalties = reg_lib.sparsity_penalties(
         l1=l1,
         group_lasso=group_lasso,
         slimming=slimming,
         gates=gates,
         learning_rate=learning_rate,
-        prunable=prunable,
+        prunable=selected,
         granularity=granularity,
         group_lasso_groups=group_lasso_groups,
         slimming_select=slimming_select,
     )
 
     def init_fn(params):
-        flags = _prunable_flags(prunable, params)
+        base.check_not_variables(params)
+        flags = _prunable_flags(selected, params)
+        if prunable is None:
+            _check_output_layer_rule(granularity, flags, params)
         pp = _only_prunable(params, flags)
         # Leaves whose target is statically None (per-path dicts, prefix trees) stay dense.
         if per_path:
@@ -330,7 +473,26 @@ def optax_sparsity(
         masks = base.map_with_path(_ones_mask, pp, grans)
         for penalty, _ in penalties:  # Validates the penalty selections against the params.
             penalty.init(params)
-        return SparsityState(count=jnp.zeros([], jnp.int32), masks=masks)
+        zero = jnp.zeros([], jnp.int32)
+        return SparsityState(count=zero, masks=masks, leaked=zero, bad_sparsity=zero)
+
+    def out_of_range(count):
+        """Whether a target the user gave (value or schedule) is NaN or outside [0, 1]."""
+        if grans_are_nm:
+            return jnp.bool_(False)
+        if per_path:
+            given = list(distribution.values())
+        elif isinstance(sparsity, (Mapping, list, tuple)):
+            given = [v for _, v in base.leaves_with_paths(sparsity)]
+        else:
+            given = [sparsity]
+        bad = jnp.bool_(False)
+        for v in given:
+            if v is None:
+                continue
+            x = jnp.asarray(_value_at(v, count), jnp.float32)
+            bad = bad | ~((x >= 0) & (x <= 1))  # NaN fails both
+        return bad
 
     def targets(prunable_params, count):
         """Per-leaf sparsity tree (or a scalar for global selection)."""
@@ -368,10 +530,14 @@ def optax_sparsity(
         del extra_args
         if params is None:
             raise ValueError(base.NO_PARAMS_MSG)
+        base.check_not_variables(params)
         base.check_structure(params, updates, "updates")
         old = state.masks
         base.check_structure(params, old, "state.masks")
         count = state.count
+        leaked = state.leaked
+        if not straight_through and leaked is not None:
+            leaked = jnp.maximum(leaked, count_leaked(params, old))
 
         def recompute(operands):
             p, g, old_masks = operands
@@ -400,12 +566,16 @@ def optax_sparsity(
 
         for penalty, state_type in penalties:  # Proximal steps sharing this step count.
             updates, _ = penalty.update(updates, state_type(count=count), params)
+        updating = jnp.asarray(update_when(count), jnp.bool_)
         masks = jax.lax.cond(
-            jnp.asarray(update_when(count), jnp.bool_),
+            updating,
             recompute,
             lambda operands: operands[2],
             (params, raw_grads, old),
         )
+        bad_sparsity = state.bad_sparsity
+        if bad_sparsity is not None:
+            bad_sparsity = bad_sparsity + (updating & out_of_range(count)).astype(jnp.int32)
         if not straight_through:
             updates = jax.tree.map(
                 lambda u, p, m: (
@@ -416,9 +586,37 @@ def optax_sparsity(
                 masks,
                 is_leaf=base.is_none,
             )
-        return updates, SparsityState(count=optax.safe_increment(count), masks=masks)
+        new_state = SparsityState(
+            count=optax.safe_increment(count),
+            masks=masks,
+            leaked=leaked,
+            bad_sparsity=bad_sparsity,
+        )
+        return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def count_leaked(params: base.Params, masks: base.Mask) -> jax.Array:
+    """The number of pruned entries of ``params`` that are not exactly zero (NaN included).
+
+    Jittable; the check behind :class:`SparsityState`'s ``leaked`` field.
+
+    Args:
+      params: A tree of arrays.
+      masks: A mask tree for ``params`` (``None`` leaves are not counted).
+
+    Returns:
+      An int32 scalar.
+    """
+    counts = jax.tree.leaves(
+        base.map_prunable(
+            lambda p, m: jnp.sum(~m & (p != jnp.zeros((), p.dtype)), dtype=jnp.int32),
+            params,
+            masks,
+        )
+    )
+    return functools.reduce(jnp.add, counts, jnp.zeros([], jnp.int32))
 
 
 def dynamic_network_surgery(
@@ -450,7 +648,8 @@ def dynamic_network_surgery(
     rather than over a layer's weights and biases together.
 
     Args:
-      c_rate: Per-layer multiplier of ``sigma``: a float or a prefix tree of floats.
+      c_rate: Per-layer multiplier of ``sigma``: a finite float ``>= 0`` or a prefix tree of
+        them (negative, NaN or infinite values raise).
       key: A ``jax.random`` key or an int seed for the update decisions.
       gamma: Decay rate of the update probability.
       power: Exponent of the update probability.
@@ -479,6 +678,18 @@ def dynamic_network_surgery(
     """
     if isinstance(key, int):
         key = jax.random.key(key)
+    for path, c in base.leaves_with_paths(c_rate):
+        name = f"c_rate[{path!r}]" if path else "c_rate"
+        if c is None or not base.is_concrete(c):
+            continue
+        if isinstance(c, bool) or not isinstance(c, (numbers.Real, np.ndarray, jax.Array)):
+            raise TypeError(f"`{name}` must be a real number, got {c!r}.")
+        value = float(np.asarray(c))
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"`{name}` must be a finite number >= 0 (the thresholds are "
+                f"low/high_factor * (mean + c_rate * std) of |w|), got {value}."
+            )
     if not (0.0 <= low_factor <= high_factor):
         raise ValueError(
             f"need 0 <= low_factor <= high_factor, got {low_factor} and {high_factor}."
@@ -486,6 +697,7 @@ def dynamic_network_surgery(
     probability = sched_lib.dns_probability(gamma, power, stop_step)
 
     def init_fn(params):
+        base.check_not_variables(params)
         flags = _prunable_flags(prunable, params)
         pp = _only_prunable(params, flags)
         return DynamicSurgeryState(
@@ -564,20 +776,41 @@ def _unwrap(x: Any) -> Any:
     return x
 
 
-def masks(opt_state: Any) -> base.Mask:
+def _positive(x: Any) -> bool:
+    """Whether ``x`` is a concrete (not traced, not abstract) number ``> 0``."""
+    has_value = isinstance(x, (jax.Array, np.ndarray, np.integer, int))
+    return has_value and base.is_concrete(x) and int(x) > 0
+
+
+def masks(opt_state: Any, *, check: bool = True) -> base.Mask:
     """Returns the current masks from any optimizer state that holds one sparsity transform.
 
     Finds the :class:`SparsityState` (or :class:`DynamicSurgeryState`) inside chains,
     ``optax.inject_hyperparams``, ``optax.MultiSteps`` and ``nnx.Optimizer.opt_state``.
 
+    **Chain-order check.** :func:`optax_sparsity` and :func:`jaxprune.keep_masks` promise that
+    pruned weights are exactly zero after every ``optax.apply_updates``. At the start of each
+    update they count the pruned entries of ``params`` that are not zero (the state's
+    ``leaked`` field keeps the largest count seen). A non-zero count means the promise was
+    broken: a transformation placed *after* them in the chain (an optimizer, a learning-rate
+    scale) rewrote the updates of pruned weights, the params were changed outside the
+    optimizer, or a weight at a pruned entry is non-finite (``inf + -inf`` is NaN). On a
+    concrete state (outside ``jit``) this function then raises instead of returning masks
+    that disagree with the weights; inside ``jit`` nothing is checked (read
+    ``state.leaked`` there if needed).
+
     Args:
       opt_state: An optax state (or an ``nnx.Optimizer``'s ``opt_state``).
+      check: Raise if the state recorded non-zero pruned weights (see above), or a mask
+        update whose target sparsity (a traced value or a schedule's) was NaN or outside
+        ``[0, 1]``; ``False`` returns the masks anyway.
 
     Returns:
       The mask tree (bool leaves broadcastable to the params, ``None`` for unpruned leaves).
 
     Raises:
-      ValueError: If the state holds no sparsity state, or more than one.
+      ValueError: If the state holds no sparsity state, or more than one, or (with
+        ``check``) it recorded pruned weights that were not zero or an invalid target.
 
     Example:
       >>> import jax.numpy as jnp
@@ -598,6 +831,27 @@ def masks(opt_state: Any) -> base.Mask:
     if len(found) > 1:
         raise ValueError(
             f"`opt_state` holds {len(found)} jaxprune sparsity states; pass the one you mean."
+        )
+    leaked = getattr(found[0], "leaked", None)
+    leaked = _unwrap(leaked)
+    bad = _unwrap(getattr(found[0], "bad_sparsity", None))
+    if check and _positive(bad):
+        raise ValueError(
+            f"the target sparsity was NaN or outside [0, 1] at {int(bad)} mask update(s), so "
+            "the masks are not what was asked for: NaN kept every weight, other values acted "
+            "like the nearest end. Check the schedule or traced value passed as `sparsity` "
+            "(a fraction, not a percentage: optax.linear_schedule(0.0, 0.9, n), not (0, 90, "
+            "n)). Pass `check=False` to read the masks anyway."
+        )
+    if check and _positive(leaked):
+        raise ValueError(
+            f"{int(leaked)} pruned weights were not exactly zero at the start of an update, so "
+            "the masks in `opt_state` disagree with the weights. jaxprune.optax_sparsity (and "
+            "keep_masks) must be the LAST transformation of the chain: anything after it "
+            "(optax.adam, optax.scale_by_learning_rate, ...) rewrites the updates of pruned "
+            "weights, e.g. optax.chain(optax.adam(1e-3), jaxprune.optax_sparsity(...)). Other "
+            "causes: params changed outside the optimizer, or a non-finite weight at a pruned "
+            "entry. Pass `check=False` to read the masks anyway."
         )
     return jax.tree.map(
         _unwrap, found[0].masks, is_leaf=lambda x: x is None or hasattr(x, "get_value")
