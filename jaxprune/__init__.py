@@ -8,6 +8,7 @@ from jaxprune import distributions as distributions
 from jaxprune import importance as importance
 from jaxprune import linen as linen
 from jaxprune import nnx as nnx
+from jaxprune import oneshot as oneshot
 from jaxprune import schedules as schedules
 from jaxprune import scores as scores
 from jaxprune import select as select
@@ -146,6 +147,7 @@ __all__ = [
     "masks",
     "n_of_m",
     "nnx",
+    "oneshot",
     "optax_sparsity",
     "prox_gates",
     "prox_group_lasso",

@@ -15,6 +15,7 @@ NAMESPACES = [
     jaxprune.importance,
     jaxprune.linen,
     jaxprune.nnx,
+    jaxprune.oneshot,
 ]
 
 
