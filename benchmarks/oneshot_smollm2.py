@@ -15,8 +15,8 @@ OWL allocation, e.g.::
     PYTHONPATH=. python benchmarks/oneshot_smollm2.py --table $RESULTS
     PYTHONPATH=. python benchmarks/oneshot_smollm2.py --layer-timing
 
-with ``RESULTS=benchmarks/results/oneshot_smollm2.jsonl``. ``--all`` runs every configuration of the results table, each in its own process (so that
-peak memory is per run).
+with ``RESULTS=benchmarks/results/oneshot_smollm2.jsonl``. ``--all`` runs every configuration
+of the results table, each in its own process (so that peak memory is per run).
 """
 
 from __future__ import annotations

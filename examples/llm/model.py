@@ -68,7 +68,8 @@ class RMSNorm(nnx.Module):
     def __call__(self, x):
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (y * self.scale[...]).astype(x.dtype)
+        scale = self.scale[...].reshape((1,) * (x.ndim - 1) + (-1,))
+        return (y * scale).astype(x.dtype)
 
 
 def rope_tables(cfg: Config, seq_len: int) -> tuple[jax.Array, jax.Array]:
@@ -83,7 +84,9 @@ def apply_rope(x, cos, sin):
     """Rotates ``x`` of shape ``(..., seq, heads, head_dim)`` by position (rotate-half pairs)."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    c, s = cos[:, None, :], sin[:, None, :]
+    lead = (1,) * (x.ndim - 3)
+    c = cos.reshape(*lead, cos.shape[0], 1, half)
+    s = sin.reshape(*lead, sin.shape[0], 1, half)
     return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
@@ -116,7 +119,7 @@ class Attention(nnx.Module):
         q = q.reshape(*lead, t, self.num_kv_heads, groups, self.head_dim)
         logits = jnp.einsum("...qkgd,...skd->...kgqs", q, k).astype(jnp.float32)
         logits = logits / jnp.sqrt(jnp.float32(self.head_dim))
-        causal = jnp.tril(jnp.ones((t, t), bool))
+        causal = jnp.tril(jnp.ones((t, t), bool)).reshape((1,) * (logits.ndim - 2) + (t, t))
         logits = jnp.where(causal, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         out = jnp.einsum("...kgqs,...skd->...qkgd", probs, v)

@@ -1,0 +1,380 @@
+"""jaxprune.oneshot: calibration statistics, Wanda, SparseGPT, OWL and the block driver."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from sparsegpt_reference import sparsegpt_numpy
+
+import jaxprune
+from examples.llm import model as llm
+
+os_ = jaxprune.oneshot
+
+
+def _data(seed=0, tokens=400, features=24, out=10, correlated=True):
+    rng = np.random.default_rng(seed)
+    if correlated:
+        z = rng.normal(size=(tokens, features // 3)) @ rng.normal(size=(features // 3, features))
+        x = z + 0.3 * rng.normal(size=(tokens, features))
+    else:
+        x = rng.normal(size=(tokens, features))
+    x *= rng.uniform(0.2, 3.0, features)
+    w = rng.normal(size=(features, out))
+    return x.astype(np.float32), w.astype(np.float32)
+
+
+def _stats(x, gram=True):
+    return os_.input_stats_update(os_.input_stats_init(x.shape[-1], gram=gram), jnp.asarray(x))
+
+
+# --- statistics ---------------------------------------------------------------------------
+
+
+def test_input_stats_stream_equal_numpy_in_float32_whatever_the_input_dtype():
+    x, _ = _data()
+    xb = jnp.asarray(x, jnp.bfloat16).reshape(4, 100, 24)
+    s = os_.input_stats_init(24)
+    step = jax.jit(os_.input_stats_update)
+    for chunk in xb:
+        s = step(s, chunk)
+    x64 = np.asarray(xb, np.float64).reshape(-1, 24)
+    assert s.gram.dtype == jnp.float32 and s.sq_norms.dtype == jnp.float32
+    np.testing.assert_allclose(s.gram, x64.T @ x64, rtol=1e-5)
+    np.testing.assert_allclose(s.sq_norms, (x64**2).sum(0), rtol=1e-5)
+    assert int(s.count) == 400
+
+
+def test_input_stats_psum_over_8_devices_equals_single_device():
+    x, _ = _data(tokens=800)
+    mesh = jax.make_mesh((8,), ("data",))
+
+    @jax.jit
+    @jax.shard_map(mesh=mesh, in_specs=PartitionSpec("data"), out_specs=PartitionSpec())
+    def sharded(xs):
+        return os_.input_stats_update(os_.input_stats_init(24), xs, axis_name="data")
+
+    xs = jax.device_put(jnp.asarray(x), NamedSharding(mesh, PartitionSpec("data")))
+    got, want = sharded(xs), _stats(x)
+    np.testing.assert_allclose(got.gram, want.gram, rtol=1e-5)
+    np.testing.assert_allclose(got.sq_norms, want.sq_norms, rtol=1e-5)
+    assert int(got.count) == 800
+
+
+# --- Wanda and magnitude ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_of_m", [None, (2, 4), (4, 8)])
+def test_wanda_and_magnitude_equal_brute_force(n_of_m):
+    x, w = _data(features=24, out=6)
+    s = _stats(x, gram=False)
+    score = np.abs(w) * np.sqrt((x.astype(np.float64) ** 2).sum(0))[:, None]
+    for got, sc in [
+        (os_.wanda(jnp.asarray(w), s, 0.5, n_of_m=n_of_m), score),
+        (os_.magnitude(jnp.asarray(w), 0.5, n_of_m=n_of_m), np.abs(w)),
+    ]:
+        keep = np.ones_like(w, bool)
+        for j in range(w.shape[1]):  # each output (column of the (in, out) kernel)
+            groups = (
+                [range(24)]
+                if n_of_m is None
+                else [range(g, g + n_of_m[1]) for g in range(0, 24, n_of_m[1])]
+            )
+            for g in groups:
+                g = list(g)
+                n_drop = len(g) // 2 if n_of_m is None else n_of_m[1] - n_of_m[0]
+                for i in np.argsort(sc[g, j], kind="stable")[:n_drop]:
+                    keep[g[i], j] = False
+        np.testing.assert_array_equal(got.mask, keep)
+        np.testing.assert_array_equal(got.kernel, np.where(keep, w, 0))
+
+
+def test_wanda_is_jittable_with_a_traced_sparsity_and_in_axis_1():
+    x, w = _data()
+    s = _stats(x, gram=False)
+    eager = os_.wanda(jnp.asarray(w), s, 0.75)
+    traced = jax.jit(os_.wanda)(jnp.asarray(w), s, jnp.float32(0.75))
+    np.testing.assert_array_equal(eager.mask, traced.mask)
+    rows = os_.wanda(jnp.asarray(w.T), s, 0.75, in_axis=1)
+    np.testing.assert_array_equal(rows.mask, eager.mask.T)
+    assert int((~eager.mask).sum()) == 18 * 10
+
+
+# --- SparseGPT ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(sparsity=0.5, blocksize=8),
+        dict(sparsity=0.7, blocksize=16),  # a partial last block (24 = 16 + 8)
+        dict(n_of_m=(2, 4), blocksize=8),
+    ],
+)
+def test_sparsegpt_matches_the_numpy_implementation(kwargs):
+    x, w = _data()
+    x[:, 5] = 0.0  # a dead input: zero Gram diagonal
+    s = _stats(x)
+    got = os_.sparsegpt(
+        jnp.asarray(w),
+        s,
+        kwargs.get("sparsity", 0.5),
+        n_of_m=kwargs.get("n_of_m"),
+        blocksize=kwargs["blocksize"],
+    )
+    ref, keep = sparsegpt_numpy(
+        w.T,
+        np.asarray(s.gram, np.float64),
+        kwargs.get("sparsity", 0.5),
+        kwargs.get("n_of_m"),
+        kwargs["blocksize"],
+        dtype=np.float32,
+    )
+    np.testing.assert_array_equal(np.asarray(got.mask).T, keep)
+    np.testing.assert_allclose(np.asarray(got.kernel).T, ref, atol=2e-5)
+    assert np.all(np.asarray(got.kernel)[5] == 0)
+    if "n_of_m" in kwargs:
+        assert np.all(np.asarray(got.mask).reshape(6, 4, 10).sum(1) == 2)
+
+
+def test_sparsegpt_at_zero_sparsity_returns_the_weights():
+    x, w = _data()
+    got = os_.sparsegpt(jnp.asarray(w), _stats(x), 0.0, blocksize=8)
+    np.testing.assert_array_equal(got.kernel, w)
+    assert bool(got.mask.all())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sparsegpt_reconstructs_better_than_wanda_and_magnitude(seed):
+    x, w = _data(seed, tokens=1000, features=48, out=32)
+    s, k = _stats(x), jnp.asarray(w)
+    for kw in [dict(sparsity=0.5), dict(n_of_m=(2, 4))]:
+        sp = kw.get("sparsity", 0.5)
+        nm = kw.get("n_of_m")
+        err = {
+            "sparsegpt": os_.sparsegpt(k, s, sp, n_of_m=nm, blocksize=16).kernel,
+            "wanda": os_.wanda(k, s, sp, n_of_m=nm).kernel,
+            "magnitude": os_.magnitude(k, sp, n_of_m=nm).kernel,
+        }
+        err = {name: float(os_.reconstruction_error(k, p, s)) for name, p in err.items()}
+        assert err["sparsegpt"] < err["wanda"] < err["magnitude"], err
+    # The relative error is the closed form ||XW - XW'||^2 / ||XW||^2.
+    p = os_.wanda(k, s, 0.5).kernel
+    want = np.sum((x @ w - x @ np.asarray(p)) ** 2) / np.sum((x @ w) ** 2)
+    np.testing.assert_allclose(os_.reconstruction_error(k, p, s), want, rtol=1e-4)
+
+
+# --- OWL ----------------------------------------------------------------------------------
+
+
+def test_owl_closed_form_and_outlier_ratio():
+    s = os_.owl_sparsities([0.02, 0.0, 0.01, 0.03], 0.6, lam=0.1)
+    dens = np.array([2, 0, 1, 3]) / 3 * 0.2
+    np.testing.assert_allclose(s, 1 - (dens - dens.mean() + 0.4))
+    assert abs(s.mean() - 0.6) < 1e-12 and s.max() - s.min() <= 0.2 + 1e-12
+    scores = jnp.array([1.0] * 9 + [100.0])  # mean 10.9: one score above 5x the mean
+    assert float(os_.outlier_ratio(scores, 5.0)) == pytest.approx(0.1)
+    assert float(os_.outlier_ratio([scores, jnp.ones(10)], 5.0)) == pytest.approx(0.05)
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+def test_bad_arguments_raise_clear_errors():
+    x, w = _data()
+    s = _stats(x)
+    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):
+        os_.wanda(jnp.asarray(w), s, 1.0)
+    with pytest.raises(ValueError, match="sparsity"):
+        os_.Wanda(sparsity=-0.1)
+    with pytest.raises(ValueError, match="m=5 does not divide the 24 inputs"):
+        os_.sparsegpt(jnp.asarray(w), s, n_of_m=(2, 5))
+    with pytest.raises(ValueError, match="need 0 < n < m"):
+        os_.magnitude(jnp.asarray(w), n_of_m=(0, 4))
+    with pytest.raises(ValueError, match="Gram"):
+        os_.sparsegpt(jnp.asarray(w), _stats(x, gram=False))
+    with pytest.raises(ValueError, match="stats are for 24 inputs; the kernel has 10"):
+        os_.wanda(jnp.asarray(w), s, in_axis=1)
+    with pytest.raises(ValueError, match="outside"):
+        os_.owl_sparsities([0.0, 1.0], 0.95, lam=0.1)
+
+
+# --- the driver ---------------------------------------------------------------------------
+
+
+def _mlp_block(p, x):
+    return x + jax.nn.relu(x @ p["up"]) @ p["down"]
+
+
+def _mlp_blocks(n=3, d=16, h=32, seed=0):
+    ks = jax.random.split(jax.random.key(seed), 2 * n)
+    return [
+        {
+            "up": jax.random.normal(ks[2 * i], (d, h)) / 4,
+            "down": jax.random.normal(ks[2 * i + 1], (h, d)) / 6,
+        }
+        for i in range(n)
+    ]
+
+
+def test_driver_calibrates_each_block_on_the_pruned_previous_blocks():
+    blocks = _mlp_blocks()
+    x = jax.random.normal(jax.random.key(9), (8, 20, 16))
+    traces = []
+
+    def counted(p, h):
+        traces.append(1)
+        return _mlp_block(p, h)
+
+    new, report = os_.prune_blocks(
+        counted, blocks, x, os_.SparseGPT(0.5, blocksize=8), batch_size=4, progress=False
+    )
+    assert len(traces) <= 3  # discovery, one statistics step, one forward: for all blocks
+    # The same by hand: statistics of each layer's inputs, from the pruned predecessors.
+    h = x
+    for i, p in enumerate(blocks):
+        s_up = _stats(h.reshape(-1, 16))
+        up = os_.sparsegpt(p["up"], s_up, 0.5, blocksize=8).kernel
+        s_down = _stats(jax.nn.relu(h @ p["up"]).reshape(-1, 32))
+        down = os_.sparsegpt(p["down"], s_down, 0.5, blocksize=8).kernel
+        np.testing.assert_allclose(new[i]["up"], up, atol=1e-5)
+        np.testing.assert_allclose(new[i]["down"], down, atol=1e-5)
+        h = _mlp_block({"up": up, "down": down}, h)
+    assert [(r.block, r.path) for r in report] == [(i, n) for i in range(3) for n in ("up", "down")]
+    assert all(r.sparsity == 0.5 and r.error is not None and 0 < r.error < 1 for r in report)
+    assert "overall: 50.00%" in os_.format_report(report)
+
+
+def test_driver_errors_name_the_block_and_layer():
+    blocks = _mlp_blocks(n=2)
+    x = jax.random.normal(jax.random.key(0), (2, 4, 16))  # 8 tokens < 16 inputs
+    with pytest.raises(ValueError, match=r"block 0, layer 'up': 8 calibration tokens for 16"):
+        os_.prune_blocks(_mlp_block, blocks, x, os_.SparseGPT(), progress=False)
+    bad = x.at[1, 2, 3].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"block 0, layer 'up': .*NaN or inf"):
+        os_.prune_blocks(_mlp_block, blocks, bad, os_.Wanda(), progress=False)
+    with pytest.raises(ValueError, match=r"block 0, layer 'down': .*m=3 does not divide"):
+        os_.prune_blocks(
+            _mlp_block,
+            blocks,
+            x,
+            os_.Wanda(n_of_m=(1, 3)),
+            select=lambda path, k: path == "down",
+            progress=False,
+        )
+    with pytest.raises(ValueError, match="does not apply to N:M"):
+        os_.prune_blocks(_mlp_block, blocks, x, os_.Wanda(n_of_m=(2, 4)), allocation=os_.OWL())
+    with pytest.raises(TypeError, match="method must be"):
+        os_.prune_blocks(_mlp_block, blocks, x, "wanda")
+
+
+def test_owl_allocation_follows_the_dense_models_outlier_ratios():
+    blocks = _mlp_blocks(n=3)
+    blocks[1] = {k: v.at[0, :4].multiply(30.0) for k, v in blocks[1].items()}  # outliers
+    x = jax.random.normal(jax.random.key(1), (4, 16, 16))
+    _, rep = os_.prune_blocks(
+        _mlp_block,
+        blocks,
+        x,
+        os_.Wanda(0.6),
+        allocation=os_.OWL(threshold=3.0, lam=0.1),
+        progress=False,
+    )
+    ratios, h = [], x
+    for p in blocks:  # the dense model's ratios, by hand
+        s_up = _stats(h.reshape(-1, 16), gram=False)
+        s_down = _stats(jax.nn.relu(h @ p["up"]).reshape(-1, 32), gram=False)
+        scores = [os_.wanda_scores(p["up"], s_up), os_.wanda_scores(p["down"], s_down)]
+        ratios.append(float(os_.outlier_ratio(scores, 3.0)))
+        h = _mlp_block(p, h)
+    want = os_.owl_sparsities(ratios, 0.6, lam=0.1)
+    assert len(set(np.round(want, 3))) == 3
+    for b in range(3):  # per-row counts are floors of the block's sparsity
+        for r in rep:
+            if r.block == b:
+                n_in = r.shape[0]
+                assert r.sparsity == np.floor(round(want[b] * n_in, 6)) / n_in
+
+
+def test_linen_blocks_through_prune_blocks():
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return x + nn.Dense(16, use_bias=False)(jax.nn.gelu(nn.Dense(32, use_bias=False)(x)))
+
+    x = jax.random.normal(jax.random.key(0), (4, 8, 16))
+    params = [Block().init(jax.random.key(i), x)["params"] for i in range(2)]
+    fn = lambda p, h: Block().apply({"params": p}, h)
+    new, rep = os_.prune_blocks(fn, params, x, os_.Wanda(n_of_m=(2, 4)), progress=False)
+    assert [r.path for r in rep[:2]] == ["Dense_1/kernel", "Dense_0/kernel"]
+    for p in new:
+        k = np.asarray(p["Dense_1"]["kernel"]).reshape(4, 4, 32)  # (in groups of 4, out)
+        assert np.all((k != 0).sum(1) == 2)
+
+
+def _tiny_llama():
+    m = llm.Llama(llm.TINY, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(3), (8, 24), 0, llm.TINY.vocab_size)
+    return m, tokens
+
+
+def _prune_llama(m, tokens, method, hidden=None):
+    cos, sin = llm.rope_tables(m.cfg, tokens.shape[1])
+    hidden = m.hidden(tokens) if hidden is None else hidden
+    return os_.prune_nnx(
+        m.blocks, hidden, method, block_args=(cos, sin), batch_size=8, progress=False
+    )
+
+
+def test_prune_nnx_on_a_llama_prunes_every_projection_in_place():
+    m, tokens = _tiny_llama()
+    before = m(tokens)
+    rep = _prune_llama(m, tokens, os_.SparseGPT(n_of_m=(2, 4), blocksize=16))
+    names = [
+        "attn/q/kernel",
+        "attn/k/kernel",
+        "attn/v/kernel",
+        "attn/o/kernel",
+        "mlp/gate/kernel",
+        "mlp/up/kernel",
+        "mlp/down/kernel",
+    ]
+    assert [r.path for r in rep] == names * 2
+    for b in m.blocks:
+        for lin in (b.attn.q, b.attn.o, b.mlp.down):
+            k = np.asarray(lin.kernel[...])
+            assert np.all((k.reshape(-1, 4, k.shape[1]) != 0).sum(1) == 2)
+    after = m(tokens)
+    assert np.all(np.isfinite(after)) and not np.allclose(after, before)
+
+
+def test_prune_nnx_keeps_sharded_kernels_sharded_and_equal_to_single_device():
+    m1, tokens = _tiny_llama()
+    m2, _ = _tiny_llama()
+    auto = (jax.sharding.AxisType.Auto,) * 2
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=auto)
+    cols, rep = (
+        NamedSharding(mesh, PartitionSpec(None, "model")),
+        NamedSharding(mesh, PartitionSpec()),
+    )
+    for b in m2.blocks:  # every parameter on the mesh; three kernels split by output
+        split = {id(lin.kernel) for lin in (b.attn.q, b.mlp.gate, b.mlp.up)}
+        for _, var in nnx.iter_graph(b):
+            if isinstance(var, nnx.Param):
+                var.set_value(jax.device_put(var[...], cols if id(var) in split else rep))
+    _prune_llama(m1, tokens, os_.SparseGPT(0.5, blocksize=16))
+    hidden = jax.device_put(m2.hidden(tokens), NamedSharding(mesh, PartitionSpec("data")))
+    _prune_llama(m2, tokens, os_.SparseGPT(0.5, blocksize=16), hidden=hidden)
+    for b1, b2 in zip(m1.blocks, m2.blocks):
+        k2 = b2.mlp.gate.kernel[...]
+        assert k2.sharding.spec == PartitionSpec(None, "model")
+        for l1, l2 in [
+            (b1.mlp.gate, b2.mlp.gate),
+            (b1.attn.v, b2.attn.v),
+            (b1.mlp.down, b2.mlp.down),
+        ]:
+            np.testing.assert_array_equal(l1.kernel[...] == 0, l2.kernel[...] == 0)
+            np.testing.assert_allclose(l1.kernel[...], l2.kernel[...], atol=2e-5)
