@@ -88,6 +88,17 @@ def _check_drop_fraction(f: Any) -> None:
         raise ValueError(f"drop_fraction must lie in [0, 1), got {f}")
 
 
+def _like(new: jax.Array, old: jax.Array) -> jax.Array:
+    """Gives ``new`` the explicit sharding of ``old`` (one type for both ``cond`` branches)."""
+    try:
+        want, got = jax.typeof(old).sharding, jax.typeof(new).sharding
+    except (AttributeError, TypeError):  # pragma: no cover - older JAX
+        return new
+    if want.mesh.empty or want == got:
+        return new
+    return jax.sharding.reshard(new, want.spec)
+
+
 def _top_count(scores: jax.Array, k: Any) -> jax.Array:
     """Exactly ``k`` (traced) largest scores, ties by lowest flat index (exact top-k)."""
     leaf = select_lib._score_keys(scores)
@@ -205,7 +216,7 @@ def sparse_training(
                 out.append(None)
                 continue
             r = jax.random.uniform(jax.random.fold_in(init_key, i), p.shape)
-            out.append(_top_count(r, k))
+            out.append(_like(_top_count(r, k), p))
         masks = treedef.unflatten(out)
         return SparseTrainingState(
             count=jnp.zeros([], jnp.int32), masks=masks, key=key, inner_state=inner.init(params)
@@ -229,7 +240,7 @@ def sparse_training(
             else:
                 score = jax.random.uniform(jax.random.fold_in(key, i), p.shape)
             grown = _top_count(jnp.where(kept, -jnp.inf, score), d)
-            out.append(kept | grown)
+            out.append(_like(kept | grown, m))
         return treedef.unflatten(out)
 
     def _reset(inner_state, params, stay):
