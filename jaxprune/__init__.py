@@ -73,6 +73,11 @@ from jaxprune._src.regularizers import zero_small as zero_small
 from jaxprune._src.shrink import shrink as shrink
 from jaxprune._src.shrink import shrink_module as shrink_module
 from jaxprune._src.shrink import widths as widths
+from jaxprune._src.sparse_training import SparseTrainingState as SparseTrainingState
+from jaxprune._src.sparse_training import drop_fraction_schedule as drop_fraction_schedule
+from jaxprune._src.sparse_training import sparse_training as sparse_training
+from jaxprune._src.sparse_training import ste_n_of_m as ste_n_of_m
+from jaxprune._src.sparse_training import ste_topk as ste_topk
 from jaxprune._src.sparsity import DynamicSurgeryState as DynamicSurgeryState
 from jaxprune._src.sparsity import SparsityState as SparsityState
 from jaxprune._src.sparsity import default_prunable as default_prunable
@@ -106,6 +111,7 @@ __all__ = [
     "ProxGatesState",
     "ProxGroupLassoState",
     "ProxL1State",
+    "SparseTrainingState",
     "SparsityState",
     "SparsityStats",
     "ZeroSmallState",
@@ -125,6 +131,7 @@ __all__ = [
     "count_kept",
     "default_prunable",
     "distributions",
+    "drop_fraction_schedule",
     "dynamic_network_surgery",
     "expand_group_masks",
     "fold_forward",
@@ -160,6 +167,9 @@ __all__ = [
     "shrink_module",
     "slimming_masks",
     "slimming_threshold",
+    "sparse_training",
+    "ste_n_of_m",
+    "ste_topk",
     "summary",
     "trace_groups",
     "widths",

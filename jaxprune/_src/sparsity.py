@@ -28,6 +28,7 @@ from jaxprune._src import regularizers as reg_lib
 from jaxprune._src import schedules as sched_lib
 from jaxprune._src import scores as scores_lib
 from jaxprune._src import select as select_lib
+from jaxprune._src import sparse_training as sparse_training_lib
 
 
 class SparsityState(NamedTuple):
@@ -753,7 +754,9 @@ def dynamic_network_surgery(
 
 
 def _find_states(tree: Any, found: list) -> None:
-    if isinstance(tree, (SparsityState, DynamicSurgeryState)):
+    if isinstance(
+        tree, (SparsityState, DynamicSurgeryState, sparse_training_lib.SparseTrainingState)
+    ):
         found.append(tree)
         return
     if hasattr(tree, "get_value") and callable(tree.get_value):  # flax nnx Variable
