@@ -1,4 +1,4 @@
-"""Regenerates notebooks/02_oneshot_llm.ipynb (outputs stripped). Run from the repo root."""
+"""Regenerates notebooks/03_oneshot_llm.ipynb (outputs stripped). Run from the repo root."""
 
 import nbformat as nbf
 
@@ -81,4 +81,4 @@ md("""
 
 nb["cells"] = cells
 nb["metadata"]["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nbf.write(nb, "notebooks/02_oneshot_llm.ipynb")
+nbf.write(nb, "notebooks/03_oneshot_llm.ipynb")

@@ -31,7 +31,7 @@ def test_notebook_runs(name, monkeypatch):
 
 def test_oneshot_notebook_runs_on_a_tiny_model(monkeypatch):
     monkeypatch.setenv("JAXPRUNE_NB_TINY", "1")
-    nb = nbformat.read(NOTEBOOKS / "02_oneshot_llm.ipynb", as_version=4)
+    nb = nbformat.read(NOTEBOOKS / "03_oneshot_llm.ipynb", as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
     )
