@@ -12,7 +12,7 @@ import jaxprune  # noqa: E402
 
 project = "jaxprune"
 author = "The jaxprune authors"
-copyright = "The jaxprune authors"  # noqa: A001
+copyright = "The jaxprune authors"
 release = jaxprune.__version__
 version = release
 

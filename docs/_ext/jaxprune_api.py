@@ -107,12 +107,13 @@ def _write_namespace_pages(app) -> None:
 def _check_coverage(app, env) -> None:
     documented = set(env.get_domain("py").objects)
     missing = [
-        f"{ns}.{n}" for ns in namespaces() for n in public_names(ns) if f"{ns}.{n}" not in documented
+        f"{ns}.{n}"
+        for ns in namespaces()
+        for n in public_names(ns)
+        if f"{ns}.{n}" not in documented
     ]
     if missing:
-        logger.warning(
-            "public names without an API entry: %s", ", ".join(missing), type="jaxprune"
-        )
+        logger.warning("public names without an API entry: %s", ", ".join(missing), type="jaxprune")
 
 
 def setup(app):
