@@ -1,4 +1,4 @@
-"""Executes the quick-start notebook top to bottom with small settings."""
+"""Executes each notebook top to bottom with small settings."""
 
 import os
 import pathlib
@@ -9,8 +9,18 @@ import pytest
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 
+# Strings each notebook's outputs must contain.
+EXPECTED = {
+    "01_quickstart.ipynb": ["epoch  3", "compression"],
+    "02_structured_shrinking.ipynb": ["new widths:", "MACs", "speed-up"],
+}
 
-@pytest.mark.parametrize("name", ["01_quickstart.ipynb"])
+
+def test_every_notebook_is_tested():
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_notebook_runs(name, monkeypatch):
     monkeypatch.setenv("JAXPRUNE_NB_EPOCHS", "3")
     monkeypatch.setenv("JAXPRUNE_NB_SPARSITY", "0.8")
@@ -24,6 +34,6 @@ def test_notebook_runs(name, monkeypatch):
     outputs = "".join(
         o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
     )
-    assert "epoch  3" in outputs
-    assert "compression" in outputs
+    for expected in EXPECTED[name]:
+        assert expected in outputs
     assert os.environ["JAXPRUNE_NB_EPOCHS"] == "3"
