@@ -1,7 +1,7 @@
 """Checks that a built HTML site renders the pages that matter.
 
 Usage: ``python docs/check_html.py [docs/_build/html]``. Fails (exit 1) unless the home page,
-the top-level API page (with a documented function) and the quick-start notebook page (with
+the top-level API page (with a documented function) and the notebook pages (each with
 executed output cells) are there, and no page shows a Sphinx error or a notebook traceback.
 """
 
@@ -63,6 +63,11 @@ def main(root: str = "docs/_build/html") -> int:
         errors.append("notebook page has no executed output cell")
     if "epoch  3" not in text or "compression" not in text:
         errors.append("notebook page lacks the training log or the summary")
+
+    for notebook in sorted((site / "notebooks").glob("*.html")):
+        page, _ = _parse(notebook)
+        if "cell_output" not in page.classes:
+            errors.append(f"{notebook.name} has no executed output cell")
 
     for page in site.rglob("*.html"):
         body = page.read_text(encoding="utf-8")
