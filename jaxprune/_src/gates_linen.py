@@ -295,7 +295,7 @@ class ChannelGate(nn.Module):
 
 
 def slimming_labels(variables: Any, *, include_gates: bool = True) -> Any:
-    """``True`` for the scales of Linen ``BatchNorm`` layers (and ``channel_gate``s).
+    """``True`` for the scales of Linen ``BatchNorm`` layers (and ``channel_gate`` leaves).
 
     A Linen params dict does not record module types; a BatchNorm is recognized structurally as
     a module that has a ``scale`` in ``params`` *and* running ``mean``/``var`` in

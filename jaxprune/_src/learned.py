@@ -315,7 +315,7 @@ def gate_labels(params: base.Params, kinds: str | Sequence[str] | None = None) -
 
 
 def scale_labels(params: base.Params, *, include_gates: bool = True) -> Any:
-    """Network-slimming targets by name: rank-1 leaves named ``scale``, and ``channel_gate``s.
+    """Network-slimming targets by name: rank-1 leaves named ``scale``, and ``channel_gate`` leaves.
 
     This is the framework-free default of ``optax_sparsity(slimming=...)``: it finds the
     scales of Flax's ``BatchNorm`` (Linen and NNX) but also those of ``LayerNorm`` and

@@ -362,7 +362,7 @@ def at_steps(steps: Iterable[int]) -> Predicate:
 
 
 def polynomial_updates(begin_step: int, num_steps: int, frequency: int = 1) -> Predicate:
-    """The pruning events of :func:`polynomial`: ``t0 + k * frequency`` for ``k = 0 .. n``.
+    """The pruning events of :func:`polynomial`: ``t0 + k * frequency``, ``k`` from 0 to ``n``.
 
     Args:
       begin_step: ``t0``, as passed to :func:`polynomial`.
