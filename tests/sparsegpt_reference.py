@@ -18,8 +18,9 @@ def _pruned_lowest(scores: np.ndarray, k: int) -> np.ndarray:
     return keep
 
 
-def sparsegpt_numpy(w, gram, sparsity=0.5, n_of_m=None, blocksize=128, percdamp=0.01,
-                    dtype=np.float64):
+def sparsegpt_numpy(
+    w, gram, sparsity=0.5, n_of_m=None, blocksize=128, percdamp=0.01, dtype=np.float64
+):
     """SparseGPT on ``w`` of shape ``(out, in)``; returns ``(pruned, keep)``."""
     w = np.array(w, dtype)
     h = np.array(gram, dtype)

@@ -46,8 +46,10 @@ def _greedy(m: model_lib.Llama, buf: jax.Array, length: int) -> jax.Array:
 def generate(m: model_lib.Llama, tokenizer, prompt: str, max_new_tokens: int = 40) -> str:
     """Greedy continuation of ``prompt`` (no KV cache: the whole prefix is re-run each step)."""
     ids = tokenizer.encode(prompt).ids
-    buf = jnp.zeros((1, len(ids) + max_new_tokens), jnp.int32).at[0, : len(ids)].set(
-        jnp.asarray(ids, jnp.int32)
+    buf = (
+        jnp.zeros((1, len(ids) + max_new_tokens), jnp.int32)
+        .at[0, : len(ids)]
+        .set(jnp.asarray(ids, jnp.int32))
     )
     out = np.asarray(_greedy(m, buf, len(ids)))[0]
     return tokenizer.decode(out[len(ids) :].tolist())
