@@ -45,6 +45,10 @@ from jaxprune._src.learned import hard_concrete_sample as hard_concrete_sample
 from jaxprune._src.learned import scale_labels as scale_labels
 from jaxprune._src.learned import slimming_masks as slimming_masks
 from jaxprune._src.learned import slimming_threshold as slimming_threshold
+from jaxprune._src.llama import block_importance as block_importance
+from jaxprune._src.llama import drop_blocks as drop_blocks
+from jaxprune._src.llama import llama_groups as llama_groups
+from jaxprune._src.llama import llama_widths as llama_widths
 from jaxprune._src.masking import LayerStats as LayerStats
 from jaxprune._src.masking import SparsityStats as SparsityStats
 from jaxprune._src.masking import apply_masks as apply_masks
@@ -121,6 +125,7 @@ __all__ = [
     "apply_masks",
     "bernoulli_gate_deterministic",
     "bernoulli_gate_sample",
+    "block_importance",
     "chain_groups",
     "channel_group",
     "channel_indices",
@@ -131,6 +136,7 @@ __all__ = [
     "count_kept",
     "default_prunable",
     "distributions",
+    "drop_blocks",
     "drop_fraction_schedule",
     "dynamic_network_surgery",
     "expand_group_masks",
@@ -150,6 +156,8 @@ __all__ = [
     "importance",
     "keep_masks",
     "linen",
+    "llama_groups",
+    "llama_widths",
     "load_mnist",
     "masks",
     "n_of_m",

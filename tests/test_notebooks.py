@@ -40,4 +40,3 @@ def test_notebook_runs(name, monkeypatch):
     for expected in EXPECTED[name]:
         assert expected in outputs
     assert os.environ["JAXPRUNE_NB_EPOCHS"] == "3"
-

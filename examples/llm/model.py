@@ -30,6 +30,10 @@ class Config:
       rope_theta: RoPE base frequency.
       norm_eps: RMSNorm epsilon.
       tie_embeddings: whether the output projection is the transposed token embedding.
+      fused_qkv: one ``qkv`` kernel of width ``(num_heads + 2 * num_kv_heads) * head_dim``
+        (query, key, value segments in that order) instead of ``q``, ``k``, ``v``.
+      fused_gate_up: one ``gate_up`` kernel of width ``2 * hidden_dim`` (gate then up)
+        instead of ``gate`` and ``up``.
     """
 
     vocab_size: int = 49152
@@ -42,6 +46,8 @@ class Config:
     rope_theta: float = 100000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
+    fused_qkv: bool = False
+    fused_gate_up: bool = False
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -104,16 +110,27 @@ class Attention(nnx.Module):
             cfg.num_kv_heads,
             cfg.head_dim,
         )
-        self.q = _linear(cfg.dim, cfg.num_heads * cfg.head_dim, rngs)
-        self.k = _linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, rngs)
-        self.v = _linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, rngs)
+        self.fused = cfg.fused_qkv
+        if self.fused:
+            width = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
+            self.qkv = _linear(cfg.dim, width, rngs)
+        else:
+            self.q = _linear(cfg.dim, cfg.num_heads * cfg.head_dim, rngs)
+            self.k = _linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, rngs)
+            self.v = _linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, rngs)
         self.o = _linear(cfg.num_heads * cfg.head_dim, cfg.dim, rngs)
 
     def __call__(self, x, cos, sin):
         *lead, t, _ = x.shape
-        q = self.q(x).reshape(*lead, t, self.num_heads, self.head_dim)
-        k = self.k(x).reshape(*lead, t, self.num_kv_heads, self.head_dim)
-        v = self.v(x).reshape(*lead, t, self.num_kv_heads, self.head_dim)
+        if self.fused:
+            nq, nk = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+            qkv = self.qkv(x)
+            q, k, v = qkv[..., :nq], qkv[..., nq : nq + nk], qkv[..., nq + nk :]
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        q = q.reshape(*lead, t, self.num_heads, self.head_dim)
+        k = k.reshape(*lead, t, self.num_kv_heads, self.head_dim)
+        v = v.reshape(*lead, t, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         groups = self.num_heads // self.num_kv_heads
         q = q.reshape(*lead, t, self.num_kv_heads, groups, self.head_dim)
@@ -130,12 +147,22 @@ class MLP(nnx.Module):
     """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``."""
 
     def __init__(self, cfg: Config, rngs: nnx.Rngs):
-        self.gate = _linear(cfg.dim, cfg.hidden_dim, rngs)
-        self.up = _linear(cfg.dim, cfg.hidden_dim, rngs)
+        self.fused = cfg.fused_gate_up
+        self.hidden_dim = cfg.hidden_dim
+        if self.fused:
+            self.gate_up = _linear(cfg.dim, 2 * cfg.hidden_dim, rngs)
+        else:
+            self.gate = _linear(cfg.dim, cfg.hidden_dim, rngs)
+            self.up = _linear(cfg.dim, cfg.hidden_dim, rngs)
         self.down = _linear(cfg.hidden_dim, cfg.dim, rngs)
 
     def __call__(self, x):
-        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+        if self.fused:
+            gu = self.gate_up(x)
+            g, u = gu[..., : self.hidden_dim], gu[..., self.hidden_dim :]
+        else:
+            g, u = self.gate(x), self.up(x)
+        return self.down(jax.nn.silu(g) * u)
 
 
 class Block(nnx.Module):
