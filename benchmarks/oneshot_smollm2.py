@@ -198,10 +198,11 @@ def main(argv=None):
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
             subprocess.run(cmd, check=True)
         return
-    rows = [one_run(name, args) for name in args.runs]
+    jobs = [lambda name=name: one_run(name, args) for name in args.runs]
     if args.layer_timing:
-        rows.append(layer_timing(args))
-    for row in rows:
+        jobs.append(lambda: layer_timing(args))
+    for job in jobs:  # each row is written as soon as it is measured
+        row = job()
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a") as f:

@@ -441,7 +441,7 @@ def prune_blocks(
             report.append(LayerReport(i, s.path, tuple(kernel.shape), sp, err))
         params = _replace(params, new)
         out.append(params)
-        if i + 1 < len(blocks):
+        if need_stats and i + 1 < len(blocks):  # magnitude needs no activations
             h = propagate(params, h)
         if bar is not None:
             bar.update(1)
