@@ -28,9 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._src.flops import count
-from jaxprune._src.shrink import shrink, widths
-from jaxprune._src.trace import trace_groups
+from jaxprune import count, shrink, trace_groups, widths
 
 
 class ResNet(nn.Module):

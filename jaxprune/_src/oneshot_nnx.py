@@ -18,7 +18,7 @@ def prune_nnx(
     *,
     block_args: Sequence[Any] = (),
     allocation: drv.OWL | None = None,
-    select: Callable[[str, jax.Array], bool] | None = None,
+    prunable: Callable[[str, jax.Array], bool] | None = None,
     batch_size: int = 8,
     errors: bool = False,
     progress: bool = True,
@@ -36,7 +36,7 @@ def prune_nnx(
       method: :class:`Magnitude`, :class:`Wanda` or :class:`SparseGPT`.
       block_args: further arguments of every block call (e.g. RoPE tables).
       allocation: ``None`` (uniform) or :class:`OWL`.
-      select: ``select(path, kernel) -> bool`` restricts which kernels are pruned.
+      prunable: ``prunable(path, kernel) -> bool`` restricts which kernels are pruned.
       batch_size: calibration sequences per forward pass.
       errors: report every layer's reconstruction error for Gram-free methods too.
       progress: show a progress bar (if ``tqdm`` is installed).
@@ -84,7 +84,7 @@ def prune_nnx(
         method,
         block_args=block_args,
         allocation=allocation,
-        select=select,
+        prunable=prunable,
         batch_size=batch_size,
         errors=errors,
         progress=progress,
