@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune._src import base
+from jaxprune._src import select as select_lib
 
 
 class InputStats(NamedTuple):
@@ -154,10 +155,31 @@ def _check_n_of_m(n_of_m: Any, features: int) -> tuple[int, int] | None:
 
 
 def _keep_lowest_pruned(scores: jax.Array, k: Any) -> jax.Array:
-    """Keep mask of each row of ``scores`` pruning its ``k`` lowest (ties: lower index first)."""
+    """Keep mask of each row of ``scores`` pruning its ``k`` lowest (ties: lower index first).
+
+    Short rows (N:M groups) are ranked by pairwise comparison, without sorting; longer ones
+    by one stable sort whose ranks are scattered back. NaN ranks lowest (pruned first).
+    """
+    m = scores.shape[-1]
+    scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+    if m <= 16:
+        a, b = scores[..., :, None], scores[..., None, :]
+        before = jnp.tril(jnp.ones((m, m), bool), -1)  # before[i, j]: j < i
+        before = jnp.broadcast_to(before, scores.shape + (m,))
+        rank = jnp.sum((b < a) | ((b == a) & before), axis=-1)
+        return rank >= k
     order = jnp.argsort(scores, axis=-1, stable=True)
-    ranks = jnp.argsort(order, axis=-1, stable=True)
-    return ranks >= k
+    kept = jnp.broadcast_to(jnp.arange(m) >= k, scores.shape)
+    return jnp.put_along_axis(jnp.zeros(scores.shape, bool), order, kept, axis=-1, inplace=False)
+
+
+def _keep_lowest_pruned_flat(scores: jax.Array, sparsity: jax.Array) -> jax.Array:
+    """:func:`_keep_lowest_pruned` of one long vector by radix select (no sort).
+
+    ``topk_mask`` keeps the lowest index among ties; reversing the vector makes it prune the
+    lowest index first, as the row-wise selection does.
+    """
+    return select_lib.topk_mask(scores[::-1], sparsity)[::-1]
 
 
 def _row_or_nm_mask(scores: jax.Array, sparsity: Any, nm: tuple[int, int] | None) -> jax.Array:
@@ -295,6 +317,18 @@ def _sparsegpt_block(w1, u1, keep1, nm):
     return q1, err1, keep1
 
 
+def _upper_cholesky_of_inverse(h: jax.Array) -> jax.Array:
+    """The upper Cholesky factor ``U`` of ``h^-1`` (``h^-1 = U^T U``), from one factorization.
+
+    With ``P`` the reversal permutation and ``P h P = L L^T``, ``h = M M^T`` for the upper
+    triangular ``M = P L P``, so ``h^-1 = M^-T M^-1`` and ``U = M^-1``: one Cholesky and one
+    triangular solve instead of the reference code's Cholesky, inverse and second Cholesky.
+    """
+    m = jnp.linalg.cholesky(h[::-1, ::-1])[::-1, ::-1]
+    eye = jnp.eye(h.shape[0], dtype=h.dtype)
+    return jax.scipy.linalg.solve_triangular(m, eye, lower=False)
+
+
 def _sparsegpt_rows(w, gram, sparsity, nm, blocksize, percdamp):
     """SparseGPT on ``w`` (out, in) float32; see :func:`sparsegpt`. Traceable."""
     rows, cols = w.shape
@@ -306,9 +340,7 @@ def _sparsegpt_rows(w, gram, sparsity, nm, blocksize, percdamp):
     h = h + damp * jnp.eye(cols, dtype=h.dtype)
     # Upper Cholesky factor U of H^-1 (H^-1 = U^T U): row i holds the OBS update of column i
     # on the columns after it.
-    chol = jnp.linalg.cholesky(h)
-    hinv = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(cols, dtype=h.dtype))
-    u = jnp.linalg.cholesky(hinv).T
+    u = _upper_cholesky_of_inverse(h)
     keep_all = []
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
@@ -318,8 +350,7 @@ def _sparsegpt_rows(w, gram, sparsity, nm, blocksize, percdamp):
         d1 = jnp.diag(u1)
         if nm is None:
             tmp = (w1 / d1[None, :]) ** 2
-            k = _num_pruned(sparsity, rows * count)
-            keep1 = _keep_lowest_pruned(tmp.reshape(-1), k).reshape(rows, count)
+            keep1 = _keep_lowest_pruned_flat(tmp.reshape(-1), sparsity).reshape(rows, count)
         else:
             keep1 = jnp.ones((rows, count), bool)
 
