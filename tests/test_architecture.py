@@ -115,15 +115,13 @@ def test_private_package_is_not_used_outside_the_library():
 def test_no_references_to_files_outside_the_repository():
     pattern = re.compile(r"\b(DESIGN|METHODS|STYLE|JAX-NOTES)\.md\b")
     files = _py_files("jaxprune", "examples", "benchmarks", "tests")
-    files += sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
+    files += [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]
     bad = []
     for path in files:
         for i, line in enumerate(path.read_text().splitlines(), 1):
             if pattern.search(line) and path.name != "test_architecture.py":
                 bad.append(f"{_rel(path)}:{i}")
-    assert not bad, "references to design notes that are not in the repository:\n" + "\n".join(
-        bad
-    )
+    assert not bad, "references to design notes that are not in the repository:\n" + "\n".join(bad)
 
 
 def _flax_modules() -> dict[str, int]:

@@ -165,7 +165,7 @@ def _keep_lowest_pruned(scores: jax.Array, k: Any) -> jax.Array:
     if m <= 16:
         a, b = scores[..., :, None], scores[..., None, :]
         before = jnp.tril(jnp.ones((m, m), bool), -1)  # before[i, j]: j < i
-        before = jnp.broadcast_to(before, scores.shape + (m,))
+        before = jnp.broadcast_to(before, (*scores.shape, m))
         rank = jnp.sum((b < a) | ((b == a) & before), axis=-1)
         return rank >= k
     order = jnp.argsort(scores, axis=-1, stable=True)
