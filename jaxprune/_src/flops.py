@@ -6,7 +6,9 @@ Convention: one MAC is one multiply-add. ``dot_general`` costs
 activations, normalization and pooling are not counted (they are a small fraction for the
 usual networks). FLOPs are ``2 * MACs``, the convention of most pruning papers (and the
 FLOP numbers of LeNet-5 in METHODS.md). MACs are for the batch of the example inputs: pass
-a batch of 1 for per-example numbers. Operations inside ``scan`` count ``length`` times.
+a batch of 1 for per-example numbers. Operations inside ``scan`` count ``length`` times;
+the bodies of ``cond`` and ``while`` are not counted. The walk is a client of
+:class:`jaxprune._src.interpret.JaxprWalker`, the library's one jaxpr interpreter.
 """
 
 from __future__ import annotations

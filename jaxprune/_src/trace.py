@@ -6,7 +6,8 @@ the primitives of the jaxpr. Axes that must keep the same channels are merged in
 union-find over ``(call site, value, axis)`` nodes. Sub-jaxprs (``jit``, ``custom_jvp_call``,
 ``custom_vjp_call``, ``remat``, ``closed_call``) are walked once per call site with their own
 environment: JAX caches and shares the body of, e.g., every ``relu`` of the same shape, so
-keying nodes by ``Var`` alone would merge unrelated layers.
+keying nodes by ``Var`` alone would merge unrelated layers. The walk is a client of
+:class:`jaxprune._src.interpret.JaxprWalker`, the library's one jaxpr interpreter.
 
 Rules (each creates unions only where the structure says two axes index the same entries):
 
