@@ -49,13 +49,10 @@ from jaxprune._src.llama import block_importance as block_importance
 from jaxprune._src.llama import drop_blocks as drop_blocks
 from jaxprune._src.llama import llama_groups as llama_groups
 from jaxprune._src.llama import llama_widths as llama_widths
-from jaxprune._src.masking import LayerStats as LayerStats
-from jaxprune._src.masking import SparsityStats as SparsityStats
 from jaxprune._src.masking import apply_masks as apply_masks
 from jaxprune._src.masking import check_masks as check_masks
 from jaxprune._src.masking import count_kept as count_kept
 from jaxprune._src.masking import full_masks as full_masks
-from jaxprune._src.masking import summary as summary
 from jaxprune._src.mnist import load_mnist as load_mnist
 from jaxprune._src.patterns import chain_groups as chain_groups
 from jaxprune._src.patterns import channel_group as channel_group
@@ -74,9 +71,12 @@ from jaxprune._src.regularizers import prox_gates as prox_gates
 from jaxprune._src.regularizers import prox_group_lasso as prox_group_lasso
 from jaxprune._src.regularizers import prox_l1 as prox_l1
 from jaxprune._src.regularizers import zero_small as zero_small
+from jaxprune._src.report import LayerStats as LayerStats
+from jaxprune._src.report import SparsityStats as SparsityStats
+from jaxprune._src.report import summary as summary
 from jaxprune._src.shrink import shrink as shrink
-from jaxprune._src.shrink import shrink_module as shrink_module
 from jaxprune._src.shrink import widths as widths
+from jaxprune._src.shrink_nnx import shrink_module as shrink_module
 from jaxprune._src.sparse_training import SparseTrainingState as SparseTrainingState
 from jaxprune._src.sparse_training import drop_fraction_schedule as drop_fraction_schedule
 from jaxprune._src.sparse_training import sparse_training as sparse_training

@@ -41,12 +41,12 @@ from jaxprune._src.stats import responses_update as responses_update
 from jaxprune._src.stats import thinet_finalize as thinet_finalize
 from jaxprune._src.stats import thinet_init as thinet_init
 from jaxprune._src.stats import thinet_update as thinet_update
-from jaxprune._src.taps import TapIntermediate as TapIntermediate
-from jaxprune._src.taps import TapPerturbation as TapPerturbation
 from jaxprune._src.taps import Taps as Taps
-from jaxprune._src.taps import linen_taps as linen_taps
-from jaxprune._src.taps import nnx_taps as nnx_taps
-from jaxprune._src.taps import tap as tap
+from jaxprune._src.taps_flax import tap as tap
+from jaxprune._src.taps_linen import linen_taps as linen_taps
+from jaxprune._src.taps_nnx import TapIntermediate as TapIntermediate
+from jaxprune._src.taps_nnx import TapPerturbation as TapPerturbation
+from jaxprune._src.taps_nnx import nnx_taps as nnx_taps
 
 __all__ = [
     "BatchNormLayer",

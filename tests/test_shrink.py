@@ -334,7 +334,7 @@ def _nnx_net():
 def test_nnx_masked_equals_shrunk_in_place_then_train():
     from flax import nnx
 
-    from jaxprune._src.shrink import shrink_module
+    from jaxprune._src.shrink_nnx import shrink_module
 
     net = _nnx_net()
     x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 6, 6, 3)), jnp.float32)
@@ -388,7 +388,7 @@ def test_nnx_masked_equals_shrunk_in_place_then_train():
 def test_nnx_grouped_conv_masked_equals_shrunk_in_place():
     from flax import nnx
 
-    from jaxprune._src.shrink import shrink_module
+    from jaxprune._src.shrink_nnx import shrink_module
 
     class Net(nnx.Module):
         def __init__(self, rngs):

@@ -6,7 +6,9 @@ Convention: one MAC is one multiply-add. ``dot_general`` costs
 activations, normalization and pooling are not counted (they are a small fraction for the
 usual networks). FLOPs are ``2 * MACs``, the convention of most pruning papers (and the
 FLOP numbers of LeNet-5 in METHODS.md). MACs are for the batch of the example inputs: pass
-a batch of 1 for per-example numbers. Operations inside ``scan`` count ``length`` times.
+a batch of 1 for per-example numbers. Operations inside ``scan`` count ``length`` times;
+the bodies of ``cond`` and ``while`` are not counted. The walk is a client of
+:class:`jaxprune._src.interpret.JaxprWalker`, the library's one jaxpr interpreter.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.extend import core as jcore
 
 from jaxprune._src import base
-from jaxprune._src.trace import CALLS
+from jaxprune._src.interpret import JaxprWalker
 
 OTHER = "<other>"
 
@@ -59,47 +60,53 @@ def _layer(path: str) -> str:
     return path.rsplit("/", 1)[0] if "/" in path else path
 
 
-def _walk(jaxpr: Any, sources: list[str | None], mult: int, macs: dict[str, int]) -> None:
-    if isinstance(jaxpr, jcore.ClosedJaxpr):
-        jaxpr = jaxpr.jaxpr
-    env: dict[Any, str] = {v: s for v, s in zip(jaxpr.invars, sources, strict=True) if s}
+# Primitives whose output is still the tensor read from its first operand (for charging).
+_SAME_TENSOR = ("convert_element_type", "reshape", "transpose", "copy", "copy_p")
 
-    def src(a):
-        return None if isinstance(a, jcore.Literal) else env.get(a)
 
-    for eqn in jaxpr.eqns:
+class _MacCounter(JaxprWalker[str | None]):
+    """Values are the parameter path a tensor was read from (``None``: not a parameter).
+
+    ``dot_general`` and ``conv_general_dilated`` add their MACs, times the trip counts of the
+    enclosing ``scan`` loops, to ``macs``. The bodies of ``cond`` and ``while`` are not
+    entered (their trip count is unknown).
+    """
+
+    def __init__(self, macs: dict[str, int]):
+        self.macs = macs
+        self.mult = 1
+
+    def scan(self, eqn, ins):
+        outer = self.mult
+        self.mult = outer * eqn.params["length"]
+        try:
+            self.walk(eqn.params["jaxpr"], [None] * len(eqn.invars))
+        finally:
+            self.mult = outer
+        return [None] * len(eqn.outvars)
+
+    def equation(self, eqn, ins):
         name = eqn.primitive.name
-        if name in CALLS:
-            for key in CALLS[name]:
-                sub = eqn.params.get(key)
-                if sub is not None:
-                    inner = sub.jaxpr if isinstance(sub, jcore.ClosedJaxpr) else sub
-                    n = len(inner.invars)
-                    _walk(sub, [src(a) for a in eqn.invars[len(eqn.invars) - n :]], mult, macs)
-                    break
-            continue
-        if name == "scan":
-            _walk(eqn.params["jaxpr"], [None] * len(eqn.invars), mult * eqn.params["length"], macs)
-            continue
-        if name in ("convert_element_type", "reshape", "transpose", "copy", "copy_p"):
-            s = src(eqn.invars[0])
-            if s:
-                env[eqn.outvars[0]] = s
-            continue
-        out = math.prod(eqn.outvars[0].aval.shape)
+        outs: list[str | None] = [None] * len(eqn.outvars)
+        if name in _SAME_TENSOR:
+            outs[0] = ins[0]
+            return outs
         if name == "dot_general":
+            out = math.prod(eqn.outvars[0].aval.shape)
             (lc, _), _ = eqn.params["dimension_numbers"]
             shape = eqn.invars[0].aval.shape
             n = out * math.prod(shape[d] for d in lc)
         elif name == "conv_general_dilated":
+            out = math.prod(eqn.outvars[0].aval.shape)
             rs = eqn.params["dimension_numbers"].rhs_spec
             shape = eqn.invars[1].aval.shape
             n = out * math.prod(shape[d] for d in rs[1:])
         else:
-            continue
-        layer = src(eqn.invars[1]) or src(eqn.invars[0])
+            return outs
+        layer = ins[1] or ins[0]
         key = _layer(layer) if layer else OTHER
-        macs[key] = macs.get(key, 0) + int(n) * mult
+        self.macs[key] = self.macs.get(key, 0) + int(n) * self.mult
+        return outs
 
 
 def count(apply_fn: Callable[..., Any], variables: Any, *example_inputs: Any) -> Count:
@@ -139,5 +146,5 @@ def count(apply_fn: Callable[..., Any], variables: Any, *example_inputs: Any) ->
         sources.append(name)
     sources += [None] * (len(closed.jaxpr.invars) - len(sources))
     macs: dict[str, int] = {}
-    _walk(closed, sources, 1, macs)
+    _MacCounter(macs).walk(closed, sources)
     return Count(params, macs)

@@ -48,8 +48,8 @@ def _capture(
     """The left operand of every dot_general/conv whose kernel is one of ``kernels``.
 
     Evaluates ``apply_fn(variables, *inputs)`` equation by equation
-    (:func:`jaxprune._src.interpret.run_tagged`), following each kernel leaf through dtype
-    conversions.
+    (:func:`jaxprune._src.interpret.run_tagged`, a client of the one jaxpr walker), following
+    each kernel leaf through dtype conversions.
     """
     seen: dict[str, np.ndarray] = {}
 
@@ -130,6 +130,26 @@ def fold_forward(
     leaves = dict(base.leaves_with_paths(variables))
     ndims = {p: np.ndim(x) for p, x in leaves.items() if x is not None}
     sizes = check_groups(groups, variables)
+    keeps = _keep_vectors(groups, group_masks, sizes)
+    reference = _rebuild(variables, _zero_producers(leaves, groups, ndims, sizes, keeps))
+    consumers = {m.path for g in groups for m in _consumer_kernels(g, ndims)}
+    seen = _capture(apply_fn, reference, example_inputs, consumers)
+
+    folded = {p: (None if x is None else np.array(x)) for p, x in leaves.items()}
+    for g in groups:
+        drop_mask = ~keeps[g.name]
+        if not drop_mask.any():
+            continue
+        for m in _consumer_kernels(g, ndims):
+            delta = _pruned_contribution(g, m, seen, leaves[m.path], sizes[g.name], drop_mask)
+            _fold_into(folded, groups, g, m, ndims, delta)
+    return _rebuild(variables, folded), reference
+
+
+def _keep_vectors(
+    groups: Sequence[Group], group_masks: Mapping[str, Any], sizes: Mapping[str, int]
+) -> dict[str, np.ndarray]:
+    """``{group name: bool keep vector}``, checked against the groups' channel counts."""
     keeps = {}
     for g in groups:
         if g.name not in group_masks:
@@ -141,8 +161,17 @@ def fold_forward(
                 f"{sizes[g.name]} channels: pass one bool per channel."
             )
         keeps[g.name] = keep
+    return keeps
 
-    # The reference: producer kernels of pruned channels zeroed, nothing else.
+
+def _zero_producers(
+    leaves: Mapping[str, Any],
+    groups: Sequence[Group],
+    ndims: Mapping[str, int],
+    sizes: Mapping[str, int],
+    keeps: Mapping[str, np.ndarray],
+) -> dict[str, Any]:
+    """The reference leaves: producer kernels of pruned channels zeroed, nothing else."""
     ref = {p: (None if x is None else np.array(x)) for p, x in leaves.items()}
     for g in groups:
         for m in _producer_kernels(g, ndims):
@@ -152,54 +181,66 @@ def fold_forward(
             idx = [slice(None)] * arr.ndim
             idx[axis] = drop
             arr[tuple(idx)] = 0
-    reference = _rebuild(variables, ref)
-    consumers = {m.path for g in groups for m in _consumer_kernels(g, ndims)}
-    seen = _capture(apply_fn, reference, example_inputs, consumers)
+    return ref
 
-    folded = {p: (None if x is None else np.array(x)) for p, x in leaves.items()}
-    for g in groups:
-        drop_mask = ~keeps[g.name]
-        if not drop_mask.any():
-            continue
-        for m in _consumer_kernels(g, ndims):
-            if m.path not in seen:
-                raise ValueError(f"consumer kernel {m.path!r} was not used by the model.")
-            x = np.asarray(seen[m.path], np.float64)
-            kernel = np.asarray(leaves[m.path], np.float64)
-            if x.shape[-1] != kernel.shape[-2]:
-                raise ValueError(
-                    f"consumer {m.path!r} reads {x.shape[-1]} channels with a kernel of "
-                    f"{kernel.shape[-2]} inputs (a grouped convolution): folding into it is "
-                    "not supported."
-                )
-            if kernel.ndim > 2:  # a conv: the values at an interior position
-                x = x[(slice(None), *(s // 2 for s in x.shape[1:-1]))]
-            rows = channel_indices(m, sizes[g.name], x.shape[-1], drop_mask)
-            vals = np.take(x.reshape(-1, x.shape[-1]), rows, axis=1)
-            spread = np.ptp(vals, axis=0)
-            if np.any(spread > 1e-4 * np.maximum(np.abs(vals).max(axis=0), 1.0)):
-                raise ValueError(
-                    f"the pruned channels of group {g.name!r} do not feed {m.path!r} a "
-                    "constant: cannot fold (is the model in inference mode?)."
-                )
-            const = vals.mean(axis=0)
-            w = np.take(kernel, rows, axis=kernel.ndim - 2)  # (..., rows, out)
-            delta = np.tensordot(const, np.moveaxis(w, -2, 0), axes=1)  # (..., out)
-            delta = delta.reshape(-1, w.shape[-1]).sum(axis=0)  # over the kernel window
-            bias = m.path.rsplit("/", 1)[0] + "/bias"
-            if folded.get(bias) is not None:
-                folded[bias] = folded[bias] + delta.astype(folded[bias].dtype)
-                continue
-            mean = _following_mean(groups, m.path, ndims)
-            if mean is None:
-                raise ValueError(
-                    f"consumer {m.path!r} has no bias and no batch-normalized output to fold "
-                    f"the pruned channels of group {g.name!r} into (a bias-free consumer "
-                    "needs exactly one BN running mean in the group of its output channels; "
-                    "residual streams with several BN layers are not supported)."
-                )
-            folded[mean] = folded[mean] - delta.astype(folded[mean].dtype)
-    return _rebuild(variables, folded), reference
+
+def _pruned_contribution(
+    g: Group,
+    m: Member,
+    seen: Mapping[str, np.ndarray],
+    kernel: Any,
+    size: int,
+    drop_mask: np.ndarray,
+) -> np.ndarray:
+    """What the (constant) pruned channels of ``g`` add to each output of consumer ``m``."""
+    if m.path not in seen:
+        raise ValueError(f"consumer kernel {m.path!r} was not used by the model.")
+    x = np.asarray(seen[m.path], np.float64)
+    kernel = np.asarray(kernel, np.float64)
+    if x.shape[-1] != kernel.shape[-2]:
+        raise ValueError(
+            f"consumer {m.path!r} reads {x.shape[-1]} channels with a kernel of "
+            f"{kernel.shape[-2]} inputs (a grouped convolution): folding into it is "
+            "not supported."
+        )
+    if kernel.ndim > 2:  # a conv: the values at an interior position
+        x = x[(slice(None), *(s // 2 for s in x.shape[1:-1]))]
+    rows = channel_indices(m, size, x.shape[-1], drop_mask)
+    vals = np.take(x.reshape(-1, x.shape[-1]), rows, axis=1)
+    spread = np.ptp(vals, axis=0)
+    if np.any(spread > 1e-4 * np.maximum(np.abs(vals).max(axis=0), 1.0)):
+        raise ValueError(
+            f"the pruned channels of group {g.name!r} do not feed {m.path!r} a "
+            "constant: cannot fold (is the model in inference mode?)."
+        )
+    const = vals.mean(axis=0)
+    w = np.take(kernel, rows, axis=kernel.ndim - 2)  # (..., rows, out)
+    delta = np.tensordot(const, np.moveaxis(w, -2, 0), axes=1)  # (..., out)
+    return delta.reshape(-1, w.shape[-1]).sum(axis=0)  # over the kernel window
+
+
+def _fold_into(
+    folded: dict[str, Any],
+    groups: Sequence[Group],
+    g: Group,
+    m: Member,
+    ndims: Mapping[str, int],
+    delta: np.ndarray,
+) -> None:
+    """Adds ``delta`` to the bias of consumer ``m``, or subtracts it from its BN mean."""
+    bias = m.path.rsplit("/", 1)[0] + "/bias"
+    if folded.get(bias) is not None:
+        folded[bias] = folded[bias] + delta.astype(folded[bias].dtype)
+        return
+    mean = _following_mean(groups, m.path, ndims)
+    if mean is None:
+        raise ValueError(
+            f"consumer {m.path!r} has no bias and no batch-normalized output to fold "
+            f"the pruned channels of group {g.name!r} into (a bias-free consumer "
+            "needs exactly one BN running mean in the group of its output channels; "
+            "residual streams with several BN layers are not supported)."
+        )
+    folded[mean] = folded[mean] - delta.astype(folded[mean].dtype)
 
 
 def _following_mean(groups: Sequence[Group], kernel_path: str, ndims: dict[str, int]):

@@ -6,7 +6,8 @@ the primitives of the jaxpr. Axes that must keep the same channels are merged in
 union-find over ``(call site, value, axis)`` nodes. Sub-jaxprs (``jit``, ``custom_jvp_call``,
 ``custom_vjp_call``, ``remat``, ``closed_call``) are walked once per call site with their own
 environment: JAX caches and shares the body of, e.g., every ``relu`` of the same shape, so
-keying nodes by ``Var`` alone would merge unrelated layers.
+keying nodes by ``Var`` alone would merge unrelated layers. The walk is a client of
+:class:`jaxprune._src.interpret.JaxprWalker`, the library's one jaxpr interpreter.
 
 Rules (each creates unions only where the structure says two axes index the same entries):
 
@@ -61,10 +62,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.extend import core as jcore
 
 from jaxprune._src import base
 from jaxprune._src.groups import Group, Member
+from jaxprune._src.interpret import JaxprWalker
 
 # -----------------------------------------------------------------------------------------
 # Primitive tables.
@@ -82,18 +83,6 @@ REDUCTIONS = frozenset(
     "argmin".split()
 )
 POOLING = frozenset("reduce_window_sum reduce_window_max reduce_window_min reduce_window".split())
-CALLS = {
-    "pjit": ("jaxpr",),
-    "jit": ("jaxpr",),
-    "closed_call": ("call_jaxpr",),
-    "core_call": ("call_jaxpr",),
-    "remat": ("jaxpr",),
-    "remat2": ("jaxpr",),
-    "checkpoint": ("jaxpr",),
-    "custom_jvp_call": ("call_jaxpr", "fun_jaxpr"),
-    "custom_vjp_call": ("call_jaxpr", "fun_jaxpr"),
-    "custom_vjp_call_jaxpr": ("fun_jaxpr", "call_jaxpr"),
-}
 SOURCES = frozenset("iota".split())
 
 INPUT = "axis of a model input"
@@ -162,50 +151,20 @@ def _shape(atom: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in atom.aval.shape)
 
 
-def _unwrap(j: Any) -> tuple[Any, list[Any]]:
-    if isinstance(j, jcore.ClosedJaxpr):
-        return j.jaxpr, list(j.consts)
-    return j, []
+class _Walker(JaxprWalker[tuple[int, ...]]):
+    """Values are the axis nodes of a tensor; every rule adds unions and reasons to ``g``."""
 
-
-class _Walker:
     def __init__(self, graph: _Graph):
         self.g = graph
 
-    def read(self, env: dict, atom: Any) -> tuple[int, ...]:
-        if isinstance(atom, jcore.Literal):
-            return self.g.new(_shape(atom))
-        return env[atom]
+    def literal(self, atom: Any) -> tuple[int, ...]:
+        return self.g.new(_shape(atom))
 
-    def walk(self, jaxpr: Any, in_nodes: Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
-        jaxpr, _ = _unwrap(jaxpr)
-        env: dict[Any, tuple[int, ...]] = {}
-        for v in jaxpr.constvars:
-            env[v] = self.g.new(_shape(v))
-        for v, nodes in zip(jaxpr.invars, in_nodes, strict=True):
-            env[v] = nodes
-        for eqn in jaxpr.eqns:
-            ins = [self.read(env, a) for a in eqn.invars]
-            outs = self.eqn(eqn, ins)
-            for v, nodes in zip(eqn.outvars, outs, strict=True):
-                if not isinstance(v, jcore.DropVar):
-                    env[v] = nodes
-        return [self.read(env, a) for a in jaxpr.outvars]
+    def constant(self, var: Any, value: Any) -> tuple[int, ...]:
+        return self.g.new(_shape(var))
 
-    def eqn(self, eqn: Any, ins: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    def equation(self, eqn: Any, ins: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         name = eqn.primitive.name
-        if name in CALLS:
-            for key in CALLS[name]:
-                sub = eqn.params.get(key)
-                if sub is not None:
-                    n_in = len(_unwrap(sub)[0].invars)
-                    return self.walk(sub, ins[len(ins) - n_in :])
-        if name == "scan":
-            return self.scan(eqn, ins)
-        if name == "cond":
-            return self.cond(eqn, ins)
-        if name == "while":
-            return self.while_loop(eqn, ins)
         outs = [self.g.new(_shape(v)) for v in eqn.outvars]
         ishapes = [_shape(a) for a in eqn.invars]
         oshapes = [_shape(v) for v in eqn.outvars]
