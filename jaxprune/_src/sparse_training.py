@@ -101,10 +101,7 @@ def _like(new: jax.Array, old: jax.Array) -> jax.Array:
 
 def _top_count(scores: jax.Array, k: Any) -> jax.Array:
     """Exactly ``k`` (traced) largest scores, ties by lowest flat index (exact top-k)."""
-    leaf = select_lib._score_keys(scores)
-    method = select_lib._resolve_method("auto", [("scores", scores)])
-    t, cut = select_lib._find_cutoff([leaf], jnp.asarray(k, jnp.int32), method)
-    return select_lib._masks([leaf], t, cut)[0]
+    return select_lib.keep_top_k(scores, k)
 
 
 def _keep_counts(params: base.Params, sparsity: Any, distribution: Any, prunable: Any) -> Any:
