@@ -188,7 +188,9 @@ def test_nnx_one_line_slimming_then_selection():
             M("fc1/kernel", 0),
         ),
     )
-    sel = jaxprune.slimming_masks(params, [group], 0.0, prunable=jaxprune.nnx.slimming_labels(model))
+    sel = jaxprune.slimming_masks(
+        params, [group], 0.0, prunable=jaxprune.nnx.slimming_labels(model)
+    )
     np.testing.assert_array_equal(sel.group_masks["h"], np.abs(scale) > np.min(np.abs(scale)))
     pruned = jaxprune.apply_masks(params, sel.masks)
     assert np.all(np.asarray(pruned["fc1"]["kernel"][...])[scale == 0.0] == 0.0)
