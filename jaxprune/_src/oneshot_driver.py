@@ -307,6 +307,34 @@ def _replace(params: Any, new: dict[str, jax.Array]) -> Any:
     return base.map_with_path(one, params)
 
 
+def _structure(params: Any) -> tuple:
+    """A hashable key of a block's tree structure, leaf shapes and dtypes (for the caches)."""
+    leaves = tuple((x.shape, x.dtype) for x in jax.tree.leaves(params))
+    return jax.tree.structure(params), leaves
+
+
+def _prune_block(i, params, sites, stats, method, sparsity, report):
+    """Prunes every site of block ``i``, appends its :class:`LayerReport` rows, returns params."""
+    leaves = dict(base.leaves_with_paths(params))
+    new = {}
+    for s in sites:
+        kernel = leaves[s.path]
+        st = None if stats is None else _colocate(stats[s.key], kernel)
+        if st is not None:
+            _check_stats(i, s, st, method.needs_gram)
+        try:
+            pruned = method.prune(kernel, st, sparsity, s.in_axis)
+        except ValueError as e:
+            raise ValueError(f"block {i}, layer {s.path!r}: {e}") from None
+        new[s.path] = pruned.kernel
+        err = None
+        if st is not None and st.gram is not None:
+            err = float(ops.reconstruction_error(kernel, pruned.kernel, st, in_axis=s.in_axis))
+        sp = 1.0 - float(jnp.mean(pruned.mask.astype(jnp.float32)))
+        report.append(LayerReport(i, s.path, tuple(kernel.shape), sp, err))
+    return _replace(params, new)
+
+
 def prune_blocks(
     block_fn: Callable[..., jax.Array],
     blocks: Sequence[Any],
@@ -386,19 +414,15 @@ def prune_blocks(
     site_cache: dict[Any, list[_Site]] = {}
     stats_cache: dict[Any, tuple] = {}
 
-    def structure(params):
-        leaves = tuple((x.shape, x.dtype) for x in jax.tree.leaves(params))
-        return jax.tree.structure(params), leaves
-
     def sites_of(params):
-        key = structure(params)
+        key = _structure(params)
         if key not in site_cache:
             site_cache[key] = _discover(block_fn, params, hidden[:batch_size], block_args, select)
         return site_cache[key]
 
     def gather(params, h, gram):
         sites = sites_of(params)
-        key = structure(params), gram
+        key = _structure(params), gram
         if key not in stats_cache:
             stats_cache[key] = _stats_fn(block_fn, sites, gram)
         init, step = stats_cache[key]
@@ -422,24 +446,7 @@ def prune_blocks(
             sites, stats = gather(params, h, need_gram)
         else:
             sites, stats = sites_of(params), None
-        leaves = dict(base.leaves_with_paths(params))
-        new = {}
-        for s in sites:
-            kernel = leaves[s.path]
-            st = None if stats is None else _colocate(stats[s.key], kernel)
-            if st is not None:
-                _check_stats(i, s, st, method.needs_gram)
-            try:
-                pruned = method.prune(kernel, st, sparsities[i], s.in_axis)
-            except ValueError as e:
-                raise ValueError(f"block {i}, layer {s.path!r}: {e}") from None
-            new[s.path] = pruned.kernel
-            err = None
-            if st is not None and st.gram is not None:
-                err = float(ops.reconstruction_error(kernel, pruned.kernel, st, in_axis=s.in_axis))
-            sp = 1.0 - float(jnp.mean(pruned.mask.astype(jnp.float32)))
-            report.append(LayerReport(i, s.path, tuple(kernel.shape), sp, err))
-        params = _replace(params, new)
+        params = _prune_block(i, params, sites, stats, method, sparsities[i], report)
         out.append(params)
         if need_stats and i + 1 < len(blocks):  # magnitude needs no activations
             h = propagate(params, h)
