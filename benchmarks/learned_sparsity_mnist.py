@@ -365,8 +365,8 @@ def run_slimming(data, seed, args, log):
     err_trained = test_error(model, params, stats, data["xt"], data["yt"])
     gammas = {f"bn{i}": np.abs(np.asarray(params[f"bn{i}"]["scale"])) for i in range(2)}
     groups = neuron_groups(widths, bn=True)
-    sel = jaxprune.slimming_masks(params, groups, args.prune_ratio, select=labels, per_group=True)
-    glob = jaxprune.slimming_masks(params, groups, args.prune_ratio, select=labels, min_keep=1)
+    sel = jaxprune.slimming_masks(params, groups, args.prune_ratio, prunable=labels, per_group=True)
+    glob = jaxprune.slimming_masks(params, groups, args.prune_ratio, prunable=labels, min_keep=1)
     keep = [np.arange(784)] + [np.flatnonzero(np.asarray(sel.group_masks[g.name])) for g in groups]
     glob_widths = "-".join(str(int(np.sum(glob.group_masks[g.name]))) for g in groups)
     small = MLP(tuple(len(k) for k in keep[1:]), bn=True)

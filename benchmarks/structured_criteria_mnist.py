@@ -273,7 +273,7 @@ def group_scores_for(criterion, model, params, spec, stats, responses, key):
     if criterion == "apoz":
         return {g: v for g, v in importance.apoz_scores(stats).items() if g in sizes}
     if criterion == "taylor":
-        return {g: v for g, v in importance.taylor_scores(stats).items() if g in sizes}
+        return {g: v for g, v in importance.activation_taylor_scores(stats).items() if g in sizes}
     if criterion == "nisp":
         rows, valid = responses
         frl = jax.jit(importance.inf_fs)(rows, valid=valid)

@@ -3,29 +3,29 @@
 ``jaxprune.importance`` collects activations and activation gradients from Linen and NNX
 models (:func:`tap`, :func:`linen_taps`, :func:`nnx_taps`), accumulates them over batches and
 devices (``*_init`` / ``*_update`` / ``*_finalize``), scores channels with APoZ, mean
-activation, Taylor, ThiNet, Inf-FS and NISP, and selects channels layer-wise or globally into
-masks over the coupled axes of :class:`jaxprune.Group` specs.
+activation, activation Taylor, ThiNet, Inf-FS and NISP, and selects channels layer-wise,
+globally or in scopes into masks over the coupled axes of :class:`jaxprune.Group` specs.
 """
 
-from jaxprune._src.importance import BatchNormLayer as BatchNormLayer
-from jaxprune._src.importance import ConvLayer as ConvLayer
-from jaxprune._src.importance import DenseLayer as DenseLayer
-from jaxprune._src.importance import FlattenLayer as FlattenLayer
-from jaxprune._src.importance import PoolLayer as PoolLayer
-from jaxprune._src.importance import apoz_scores as apoz_scores
-from jaxprune._src.importance import apoz_std_rule as apoz_std_rule
-from jaxprune._src.importance import group_masks as group_masks
-from jaxprune._src.importance import inf_fs as inf_fs
-from jaxprune._src.importance import mean_activation_scores as mean_activation_scores
-from jaxprune._src.importance import nisp_scores as nisp_scores
-from jaxprune._src.importance import normalize_scores as normalize_scores
-from jaxprune._src.importance import scale_input_channels as scale_input_channels
-from jaxprune._src.importance import select_groups as select_groups
-from jaxprune._src.importance import taylor_scores as taylor_scores
-from jaxprune._src.importance import thinet_error as thinet_error
-from jaxprune._src.importance import thinet_greedy as thinet_greedy
-from jaxprune._src.importance import thinet_lstsq as thinet_lstsq
-from jaxprune._src.importance import thinet_scores as thinet_scores
+from jaxprune._src.criteria import activation_taylor_scores as activation_taylor_scores
+from jaxprune._src.criteria import apoz_scores as apoz_scores
+from jaxprune._src.criteria import apoz_std_rule as apoz_std_rule
+from jaxprune._src.criteria import inf_fs as inf_fs
+from jaxprune._src.criteria import mean_activation_scores as mean_activation_scores
+from jaxprune._src.criteria import scale_input_channels as scale_input_channels
+from jaxprune._src.criteria import thinet_error as thinet_error
+from jaxprune._src.criteria import thinet_greedy as thinet_greedy
+from jaxprune._src.criteria import thinet_lstsq as thinet_lstsq
+from jaxprune._src.criteria import thinet_scores as thinet_scores
+from jaxprune._src.groups import normalize_scores as normalize_scores
+from jaxprune._src.nisp import BatchNormLayer as BatchNormLayer
+from jaxprune._src.nisp import ConvLayer as ConvLayer
+from jaxprune._src.nisp import DenseLayer as DenseLayer
+from jaxprune._src.nisp import FlattenLayer as FlattenLayer
+from jaxprune._src.nisp import PoolLayer as PoolLayer
+from jaxprune._src.nisp import nisp_scores as nisp_scores
+from jaxprune._src.select_groups import group_masks as group_masks
+from jaxprune._src.select_groups import select_groups as select_groups
 from jaxprune._src.stats import ChannelStats as ChannelStats
 from jaxprune._src.stats import ChannelStatsState as ChannelStatsState
 from jaxprune._src.stats import ResponsesState as ResponsesState
@@ -62,6 +62,7 @@ __all__ = [
     "Taps",
     "ThiNetSamples",
     "ThiNetState",
+    "activation_taylor_scores",
     "apoz_scores",
     "apoz_std_rule",
     "channel_stats_finalize",
@@ -81,7 +82,6 @@ __all__ = [
     "scale_input_channels",
     "select_groups",
     "tap",
-    "taylor_scores",
     "thinet_error",
     "thinet_finalize",
     "thinet_greedy",

@@ -12,7 +12,7 @@ from jaxprune._src.gates_linen import ChannelGate as ChannelGate
 from jaxprune._src.gates_linen import HardConcreteGate as HardConcreteGate
 from jaxprune._src.gates_linen import hard_concrete_init as hard_concrete_init
 from jaxprune._src.gates_linen import slimming_labels as slimming_labels
-from jaxprune._src.learned import gate_labels as gate_labels
+from jaxprune._src.labels import gate_labels as gate_labels
 from jaxprune._src.shrink_linen import rebuild as rebuild
 
 __all__ = [

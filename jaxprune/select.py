@@ -41,19 +41,19 @@ selection per jitted step, inside a ``lax.cond`` on the step count.
 from jaxprune._src.select import global_topk as global_topk
 from jaxprune._src.select import hysteresis as hysteresis
 from jaxprune._src.select import layerwise_topk as layerwise_topk
-from jaxprune._src.select import n_of_m as n_of_m
 from jaxprune._src.select import n_of_m_mask as n_of_m_mask
 from jaxprune._src.select import std_threshold as std_threshold
 from jaxprune._src.select import threshold as threshold
+from jaxprune._src.select import top_n_of_m as top_n_of_m
 from jaxprune._src.select import topk_mask as topk_mask
 
 __all__ = [
     "global_topk",
     "hysteresis",
     "layerwise_topk",
-    "n_of_m",
     "n_of_m_mask",
     "std_threshold",
     "threshold",
+    "top_n_of_m",
     "topk_mask",
 ]

@@ -285,10 +285,10 @@ def test_taylor_matches_finite_differences_of_zeroing_a_channel():
         )
         predicted = -float(jnp.sum(small[:, c] * g_small[:, c]))
         assert abs(true_change - predicted) <= 0.05 * abs(true_change) + 1e-7, c
-    norm = importance.taylor_scores(stats)["h"]
+    norm = importance.activation_taylor_scores(stats)["h"]
     np.testing.assert_allclose(norm, stats.taylor["h"] / np.linalg.norm(stats.taylor["h"]))
     np.testing.assert_allclose(
-        importance.taylor_scores(stats, abs_per_example=False, normalize=False)["h"],
+        importance.activation_taylor_scores(stats, abs_per_example=False, normalize=False)["h"],
         np.abs(stats.taylor_mean["h"]),
     )
 

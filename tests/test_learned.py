@@ -84,7 +84,7 @@ def test_slimming_per_layer_floor_and_per_group():
 def test_slimming_traced_ratio_under_jit_and_select_labels():
     params, groups = _mlp(), _neuron_groups()
     labels = jaxprune.scale_labels(params)
-    fn = jax.jit(lambda p, r: jaxprune.slimming_masks(p, groups, r, select=labels).group_masks)
+    fn = jax.jit(lambda p, r: jaxprune.slimming_masks(p, groups, r, prunable=labels).group_masks)
     for r in (0.25, 0.5):
         want = jaxprune.slimming_masks(params, groups, r).group_masks
         got = fn(params, jnp.float32(r))
@@ -188,7 +188,9 @@ def test_nnx_one_line_slimming_then_selection():
             M("fc1/kernel", 0),
         ),
     )
-    sel = jaxprune.slimming_masks(params, [group], 0.0, select=jaxprune.nnx.slimming_labels(model))
+    sel = jaxprune.slimming_masks(
+        params, [group], 0.0, prunable=jaxprune.nnx.slimming_labels(model)
+    )
     np.testing.assert_array_equal(sel.group_masks["h"], np.abs(scale) > np.min(np.abs(scale)))
     pruned = jaxprune.apply_masks(params, sel.masks)
     assert np.all(np.asarray(pruned["fc1"]["kernel"][...])[scale == 0.0] == 0.0)

@@ -165,7 +165,7 @@ def test_num_dropped_exact():
     ss = np.concatenate(
         [rng.random(300), [0, 1, 0.5, 0.8, 0.9, 0.99999994, 1e-30, 1e-45, 1.5, -0.1, 2**-30]]
     ).astype(np.float32)
-    f = jax.jit(jax.vmap(select_impl._num_dropped, in_axes=(0, None)), static_argnums=1)
+    f = jax.jit(jax.vmap(select_impl.num_dropped, in_axes=(0, None)), static_argnums=1)
     for n in (0, 1, 3, 10, 65535, 65536, 65537, 2**24 + 1, 25_502_912, 2**31 - 2):
         np.testing.assert_array_equal(f(ss, n), [_dropped(s, n) for s in ss], err_msg=str(n))
 
@@ -308,20 +308,20 @@ def test_n_of_m_brute_force(n, m, axis):
 
 def test_n_of_m_tree_and_errors():
     tree = {"conv": {"kernel": _data("normal", (3, 3, 8, 4))}, "bias": None}
-    got = select.n_of_m(tree, 2, 4)
+    got = select.top_n_of_m(tree, 2, 4)
     assert got["bias"] is None
     np.testing.assert_array_equal(
         got["conv"]["kernel"], ref_n_of_m(tree["conv"]["kernel"], 2, 4, -2)
     )
-    assert select.n_of_m({"w": jnp.ones((4, 2))}, 4, 4)["w"].all()
+    assert select.top_n_of_m({"w": jnp.ones((4, 2))}, 4, 4)["w"].all()
     with pytest.raises(ValueError, match=r"conv/kernel.*not divisible"):
-        select.n_of_m({"conv": {"kernel": jnp.ones((3, 3, 6, 4))}}, 2, 4)
+        select.top_n_of_m({"conv": {"kernel": jnp.ones((3, 3, 6, 4))}}, 2, 4)
     with pytest.raises(ValueError, match=r"'b'.*rank 1"):
-        select.n_of_m({"b": jnp.ones((8,))}, 2, 4)
+        select.top_n_of_m({"b": jnp.ones((8,))}, 2, 4)
     with pytest.raises(ValueError, match="n <= m"):
-        select.n_of_m(tree, 5, 4)
+        select.top_n_of_m(tree, 5, 4)
     with pytest.raises(TypeError, match="conv/kernel"):
-        select.n_of_m({"conv": {"kernel": jnp.ones((4, 4), jnp.int32)}}, 2, 4)
+        select.top_n_of_m({"conv": {"kernel": jnp.ones((4, 4), jnp.int32)}}, 2, 4)
 
 
 def test_threshold_strict_and_prefix():

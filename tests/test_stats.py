@@ -81,7 +81,7 @@ def test_data_parallel_reduction_gives_every_device_the_same_mask():
         s = importance.channel_stats_init({"c": 6})
         s = importance.channel_stats_update(s, {"c": a}, {"c": g})
         stats = importance.channel_stats_finalize(s, axis_name="data")
-        keep = importance.select_groups(importance.taylor_scores(stats), 0.5)["c"]
+        keep = importance.select_groups(importance.activation_taylor_scores(stats), 0.5)["c"]
         return stats.taylor["c"][None], keep[None]
 
     f = jax.jit(
@@ -102,7 +102,7 @@ def test_data_parallel_reduction_gives_every_device_the_same_mask():
     )
     for row in np.asarray(per_device_taylor):
         np.testing.assert_allclose(row, single.taylor["c"], rtol=1e-5)
-    expected = importance.select_groups(importance.taylor_scores(single), 0.5)["c"]
+    expected = importance.select_groups(importance.activation_taylor_scores(single), 0.5)["c"]
     np.testing.assert_array_equal(per_device_keep[0], expected)
 
 

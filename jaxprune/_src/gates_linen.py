@@ -19,31 +19,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxprune._src import base, learned
-
-
-def _shape(features: int | Sequence[int]) -> tuple[int, ...]:
-    shape = (features,) if isinstance(features, int) else tuple(features)
-    if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
-        raise ValueError(f"`features` must be a positive int or a shape, got {features!r}.")
-    return shape
-
-
-def _apply_gate(x: jax.Array, z: jax.Array, gate_shape: tuple[int, ...]) -> jax.Array:
-    """``x * z`` with ``z`` over the trailing axes of ``x`` (explicit broadcast)."""
-    k = len(gate_shape)
-    if x.ndim < k or tuple(x.shape[x.ndim - k :]) != gate_shape:
-        raise ValueError(
-            f"the gate has shape {gate_shape}, which must equal the trailing axes of the "
-            f"input, got input shape {tuple(x.shape)}."
-        )
-    if z.ndim < x.ndim:
-        z = z.reshape((1,) * (x.ndim - z.ndim) + tuple(z.shape))
-    return x * z.astype(x.dtype)
-
-
-def _sample_shape(x: jax.Array, gate_shape: tuple[int, ...], per_example: bool) -> tuple:
-    return tuple(x.shape) if per_example else gate_shape
+from jaxprune._src import base, gates_math
+from jaxprune._src import labels as labels_lib
+from jaxprune._src.gates_math import apply_gate, gate_shape, sample_shape
 
 
 def hard_concrete_init(droprate_init: float, std: float = 1e-2):
@@ -110,18 +88,18 @@ class HardConcreteGate(nn.Module):
 
     features: int | Sequence[int]
     droprate_init: float = 0.5
-    beta: float = learned.HC_BETA
-    gamma: float = learned.HC_GAMMA
-    zeta: float = learned.HC_ZETA
+    beta: float = gates_math.HC_BETA
+    gamma: float = gates_math.HC_GAMMA
+    zeta: float = gates_math.HC_ZETA
     deterministic: bool | None = None
     per_example: bool = False
     param_dtype: Any = jnp.float32
 
     def setup(self):
         self.l0_log_alpha = self.param(
-            learned.L0_NAME,
+            labels_lib.L0_NAME,
             hard_concrete_init(self.droprate_init),
-            _shape(self.features),
+            gate_shape(self.features),
             self.param_dtype,
         )
 
@@ -138,35 +116,35 @@ class HardConcreteGate(nn.Module):
         Returns:
           ``x * z``.
         """
-        shape = _shape(self.features)
+        shape = gate_shape(self.features)
         det = nn.merge_param("deterministic", self.deterministic, deterministic)
         if det:
-            z = learned.hard_concrete_deterministic(
+            z = gates_math.hard_concrete_deterministic(
                 self.l0_log_alpha, gamma=self.gamma, zeta=self.zeta
             )
         else:
             key = self.make_rng("gates") if key is None else key
-            z = learned.hard_concrete_sample(
+            z = gates_math.hard_concrete_sample(
                 key,
                 self.l0_log_alpha,
-                _sample_shape(x, shape, self.per_example),
+                sample_shape(x, shape, self.per_example),
                 beta=self.beta,
                 gamma=self.gamma,
                 zeta=self.zeta,
             )
-        return _apply_gate(x, z, shape)
+        return apply_gate(x, z, shape)
 
     def expected_l0(self) -> jax.Array:
         """Expected number of non-zero gates, ``sum P(z != 0)`` (float32 scalar)."""
         return jnp.sum(
-            learned.hard_concrete_prob_nonzero(
+            gates_math.hard_concrete_prob_nonzero(
                 self.l0_log_alpha, beta=self.beta, gamma=self.gamma, zeta=self.zeta
             )
         )
 
     def gate_values(self) -> jax.Array:
         """The deterministic (test-time) gates."""
-        return learned.hard_concrete_deterministic(
+        return gates_math.hard_concrete_deterministic(
             self.l0_log_alpha, gamma=self.gamma, zeta=self.zeta
         )
 
@@ -217,9 +195,9 @@ class BernoulliGate(nn.Module):
 
     def setup(self):
         self.bernoulli_gate = self.param(
-            learned.BERNOULLI_NAME,
+            labels_lib.BERNOULLI_NAME,
             nn.initializers.constant(self.init_value),
-            _shape(self.features),
+            gate_shape(self.features),
             self.param_dtype,
         )
 
@@ -227,20 +205,20 @@ class BernoulliGate(nn.Module):
         self, x: jax.Array, deterministic: bool | None = None, key: jax.Array | None = None
     ) -> jax.Array:
         """Gates ``x`` (see the class docstring); ``key`` overrides the ``"gates"`` stream."""
-        shape = _shape(self.features)
+        shape = gate_shape(self.features)
         det = nn.merge_param("deterministic", self.deterministic, deterministic)
         if det:
-            z = learned.bernoulli_gate_deterministic(self.bernoulli_gate)
+            z = gates_math.bernoulli_gate_deterministic(self.bernoulli_gate)
         else:
             key = self.make_rng("gates") if key is None else key
-            z = learned.bernoulli_gate_sample(
-                key, self.bernoulli_gate, _sample_shape(x, shape, self.per_example)
+            z = gates_math.bernoulli_gate_sample(
+                key, self.bernoulli_gate, sample_shape(x, shape, self.per_example)
             )
-        return _apply_gate(x, z, shape)
+        return apply_gate(x, z, shape)
 
     def gate_values(self) -> jax.Array:
         """The deterministic (test-time) gates ``1[g > 0.5]``."""
-        return learned.bernoulli_gate_deterministic(self.bernoulli_gate)
+        return gates_math.bernoulli_gate_deterministic(self.bernoulli_gate)
 
     def mask(self) -> jax.Array:
         """Bool mask ``g > 0.5``."""
@@ -275,15 +253,15 @@ class ChannelGate(nn.Module):
 
     def setup(self):
         self.channel_gate = self.param(
-            learned.CHANNEL_NAME,
+            labels_lib.CHANNEL_NAME,
             nn.initializers.constant(self.init_value),
-            _shape(self.features),
+            gate_shape(self.features),
             self.param_dtype,
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Returns ``x * g`` over the trailing axes."""
-        return _apply_gate(x, self.channel_gate, _shape(self.features))
+        return apply_gate(x, self.channel_gate, gate_shape(self.features))
 
     def gate_values(self) -> jax.Array:
         """The gates."""
@@ -351,7 +329,7 @@ def slimming_labels(variables: Any, *, include_gates: bool = True) -> Any:
 
     def one(path, x):
         parent, _, name = path.rpartition("/")
-        if include_gates and name == learned.CHANNEL_NAME:
+        if include_gates and name == labels_lib.CHANNEL_NAME:
             return True
         return name == "scale" and parent in bn_paths and len(x.shape) == 1
 

@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxprune._src import base, learned
-from jaxprune._src.gates_linen import _apply_gate, _sample_shape, _shape, hard_concrete_init
+from jaxprune._src import base, gates_math
+from jaxprune._src.gates_linen import hard_concrete_init
+from jaxprune._src.gates_math import apply_gate, gate_shape, sample_shape
 
 
 class GateParam(nnx.Param):
@@ -115,17 +116,17 @@ class HardConcreteGate(nnx.Module):
         features: int | Sequence[int],
         *,
         droprate_init: float = 0.5,
-        beta: float = learned.HC_BETA,
-        gamma: float = learned.HC_GAMMA,
-        zeta: float = learned.HC_ZETA,
+        beta: float = gates_math.HC_BETA,
+        gamma: float = gates_math.HC_GAMMA,
+        zeta: float = gates_math.HC_ZETA,
         deterministic: bool | None = False,
         per_example: bool = False,
         rng_collection: str = "gates",
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        shape = _shape(features)
-        learned._check_hc_constants(beta, gamma, zeta)
+        shape = gate_shape(features)
+        gates_math.check_hc_constants(beta, gamma, zeta)
         self.features = features
         self.beta, self.gamma, self.zeta = beta, gamma, zeta
         self.deterministic = deterministic
@@ -139,21 +140,21 @@ class HardConcreteGate(nnx.Module):
         self, x: jax.Array, *, deterministic: bool | None = None, key: Any = None
     ) -> jax.Array:
         """Gates ``x``; ``key`` (a key, ``nnx.Rngs`` or stream) overrides the module's stream."""
-        shape = _shape(self.features)
+        shape = gate_shape(self.features)
         la = self.l0_log_alpha[...]
         if _resolve_deterministic(deterministic, self.deterministic, "HardConcreteGate"):
-            z = learned.hard_concrete_deterministic(la, gamma=self.gamma, zeta=self.zeta)
+            z = gates_math.hard_concrete_deterministic(la, gamma=self.gamma, zeta=self.zeta)
         else:
             k = _key(key, self.rngs, self.rng_collection, "HardConcreteGate")
-            z = learned.hard_concrete_sample(
+            z = gates_math.hard_concrete_sample(
                 k,
                 la,
-                _sample_shape(x, shape, self.per_example),
+                sample_shape(x, shape, self.per_example),
                 beta=self.beta,
                 gamma=self.gamma,
                 zeta=self.zeta,
             )
-        return _apply_gate(x, z, shape)
+        return apply_gate(x, z, shape)
 
     def set_view(self, deterministic: bool | None = None):
         """Used by ``nnx.view``: sets ``deterministic`` when given."""
@@ -163,14 +164,14 @@ class HardConcreteGate(nnx.Module):
     def expected_l0(self) -> jax.Array:
         """Expected number of non-zero gates, ``sum P(z != 0)`` (float32 scalar)."""
         return jnp.sum(
-            learned.hard_concrete_prob_nonzero(
+            gates_math.hard_concrete_prob_nonzero(
                 self.l0_log_alpha[...], beta=self.beta, gamma=self.gamma, zeta=self.zeta
             )
         )
 
     def gate_values(self) -> jax.Array:
         """The deterministic (test-time) gates."""
-        return learned.hard_concrete_deterministic(
+        return gates_math.hard_concrete_deterministic(
             self.l0_log_alpha[...], gamma=self.gamma, zeta=self.zeta
         )
 
@@ -218,7 +219,7 @@ class BernoulliGate(nnx.Module):
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs | None = None,
     ):
-        shape = _shape(features)
+        shape = gate_shape(features)
         self.features = features
         self.deterministic = deterministic
         self.per_example = per_example
@@ -230,14 +231,14 @@ class BernoulliGate(nnx.Module):
         self, x: jax.Array, *, deterministic: bool | None = None, key: Any = None
     ) -> jax.Array:
         """Gates ``x``; ``key`` overrides the module's stream."""
-        shape = _shape(self.features)
+        shape = gate_shape(self.features)
         g = self.bernoulli_gate[...]
         if _resolve_deterministic(deterministic, self.deterministic, "BernoulliGate"):
-            z = learned.bernoulli_gate_deterministic(g)
+            z = gates_math.bernoulli_gate_deterministic(g)
         else:
             k = _key(key, self.rngs, self.rng_collection, "BernoulliGate")
-            z = learned.bernoulli_gate_sample(k, g, _sample_shape(x, shape, self.per_example))
-        return _apply_gate(x, z, shape)
+            z = gates_math.bernoulli_gate_sample(k, g, sample_shape(x, shape, self.per_example))
+        return apply_gate(x, z, shape)
 
     def set_view(self, deterministic: bool | None = None):
         """Used by ``nnx.view``: sets ``deterministic`` when given."""
@@ -246,7 +247,7 @@ class BernoulliGate(nnx.Module):
 
     def gate_values(self) -> jax.Array:
         """The deterministic (test-time) gates ``1[g > 0.5]``."""
-        return learned.bernoulli_gate_deterministic(self.bernoulli_gate[...])
+        return gates_math.bernoulli_gate_deterministic(self.bernoulli_gate[...])
 
     def mask(self) -> jax.Array:
         """Bool mask ``g > 0.5``."""
@@ -281,11 +282,13 @@ class ChannelGate(nnx.Module):
     ):
         del rngs
         self.features = features
-        self.channel_gate = ChannelGateParam(jnp.full(_shape(features), init_value, param_dtype))
+        self.channel_gate = ChannelGateParam(
+            jnp.full(gate_shape(features), init_value, param_dtype)
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Returns ``x * g`` over the trailing axes."""
-        return _apply_gate(x, self.channel_gate[...], _shape(self.features))
+        return apply_gate(x, self.channel_gate[...], gate_shape(self.features))
 
     def gate_values(self) -> jax.Array:
         """The gates."""

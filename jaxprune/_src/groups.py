@@ -19,7 +19,7 @@ A member's axis may hold the group's channels in a strided or offset layout:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import jax
@@ -276,6 +276,47 @@ def normalized(v: jax.Array, ord: str, what: str = "ord") -> jax.Array:
     return v / jnp.where(d > 0, d, jnp.ones_like(d))
 
 
+def check_score_dict(scores: Any, what: str = "scores") -> dict[str, jax.Array]:
+    """Validates group scores (``{name: float vector}``) and returns them as float32."""
+    if not isinstance(scores, Mapping):
+        raise TypeError(f"`{what}` must be a dict from group name to a score vector.")
+    out = {}
+    for name, v in scores.items():
+        dtype = getattr(v, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{what}[{name!r}] must be a float vector, got {dtype}.")
+        if np.ndim(v) != 1:
+            raise ValueError(f"{what}[{name!r}] must be a vector, got shape {np.shape(v)}.")
+        out[name] = jnp.asarray(v).astype(jnp.float32)
+    return out
+
+
+def normalize_scores(
+    scores: Mapping[str, jax.Array], ord: Literal["l2", "l1", "max", "mean"] = "l2"
+) -> dict[str, jax.Array]:
+    """Divides every layer's score vector by its own norm, so layers compare globally.
+
+    Args:
+      scores: A dict from name to a float vector.
+      ord: ``"l2"`` (Molchanov et al.), ``"l1"``, ``"max"`` or ``"mean"`` (of absolute
+        values). An all-zero vector stays zero.
+
+    Returns:
+      The normalized dict (float32).
+
+    Raises:
+      ValueError: For an unknown ``ord``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxprune import importance
+      >>> importance.normalize_scores({"a": jnp.array([3.0, 4.0])})["a"]
+      Array([0.6, 0.8], dtype=float32)
+    """
+    scores = check_score_dict(scores)
+    return {k: normalized(v, ord) for k, v in scores.items()}
+
+
 def group_norms(params: base.Params, groups: Sequence[Group], *, ord: int = 2):
     """Returns the ``ord``-norm of every channel of every group, over all its members.
 
@@ -365,35 +406,115 @@ def expand_group_masks(
       >>> m["a"].shape, m["b"].shape
       ((1, 2), (2, 1))
     """
-    sizes = check_groups(groups, params)
-    leaves = _leaves(params)
-    per_leaf: dict[str, jax.Array] = {}
-    for g in groups:
-        if g.name not in group_masks:
-            raise ValueError(f"no mask for group {g.name!r}.")
-        vec = jnp.asarray(group_masks[g.name])
-        c = sizes[g.name]
-        if vec.shape != (c,):
-            raise ValueError(f"mask of group {g.name!r} has shape {vec.shape}, expected ({c},).")
-        vec = vec.astype(jnp.bool_)
-        for m in g.members:
-            x = leaves[m.path]
-            axis = m.axis % len(x.shape)
-            length = x.shape[axis]
-            line = member_line(vec, m, c, length, True)
-            shape = [1] * len(x.shape)
-            shape[axis] = length
-            mask = line.reshape(shape)
-            old = per_leaf.get(m.path)
-            if old is None:
-                per_leaf[m.path] = mask
-            else:
-                per_leaf[m.path] = jnp.logical_and(old, mask)
+    per_leaf = expand_group_values(
+        group_masks, groups, params, fill=True, combine="and", dtype=jnp.bool_, what="mask"
+    )
     return jax.tree_util.tree_map_with_path(
         lambda p, x: None if x is None else per_leaf.get(base.path_str(p)),
         params,
         is_leaf=base.is_none,
     )
+
+
+def expand_group_values(
+    values: Mapping[str, Any],
+    groups: Sequence[Group],
+    params: base.Params,
+    *,
+    fill: Any,
+    combine: Literal["and", "add", "mul"],
+    dtype: Any = jnp.float32,
+    skip: Callable[[Member], bool] | None = None,
+    what: str = "values",
+) -> dict[str, jax.Array]:
+    """Spreads one vector per group onto each member's axis: the one group expansion.
+
+    A member spanning its whole axis gets shape ``(1, ..., C, ..., 1)``; a strided or offset
+    member gets its whole axis with ``fill`` outside the group's segment
+    (:func:`member_line`). Several members on one leaf combine with ``combine``: ``"and"``
+    for masks (:func:`expand_group_masks`), ``"add"`` or ``"mul"`` for per-channel penalty
+    coefficients and gate factors.
+
+    Args:
+      values: ``{group name: vector of length C}``.
+      groups: The groups.
+      params: The parameters (only shapes are read).
+      fill: The value outside a strided or offset member's segment.
+      combine: How the arrays of several members on one leaf combine.
+      dtype: The dtype the vectors are cast to.
+      skip: Optional predicate: members for which it is true get nothing.
+      what: Names the vectors in error messages (``"mask"``, ``"values"``).
+
+    Returns:
+      ``{path: broadcastable array}`` for every leaf that is a member of some group (minus
+      ``skip``).
+
+    Raises:
+      ValueError: If a group has no vector, or a vector has the wrong length.
+    """
+    sizes = check_groups(groups, params)
+    leaves = _leaves(params)
+    out: dict[str, jax.Array] = {}
+    for g in groups:
+        if g.name not in values:
+            raise ValueError(f"no {what} for group {g.name!r}.")
+        vec = jnp.asarray(values[g.name])
+        c = sizes[g.name]
+        if vec.shape != (c,):
+            raise ValueError(f"{what} of group {g.name!r} has shape {vec.shape}, expected ({c},).")
+        vec = vec.astype(dtype)
+        for m in g.members:
+            if skip is not None and skip(m):
+                continue
+            shape = tuple(leaves[m.path].shape)
+            axis = m.axis % len(shape)
+            length = shape[axis]
+            target = [1] * len(shape)
+            target[axis] = length
+            arr = member_line(vec, m, c, length, fill).reshape(target)
+            old = out.get(m.path)
+            if old is None:
+                out[m.path] = arr
+            elif combine == "and":
+                out[m.path] = jnp.logical_and(old, arr)
+            elif combine == "add":
+                out[m.path] = old + arr
+            else:
+                out[m.path] = old * arr
+    return out
+
+
+def check_disjoint(groups: Sequence[Group], params: base.Params, what: str) -> None:
+    """Raises ``ValueError`` if two groups (or two members) cover one parameter entry."""
+    sizes = check_groups(groups, params)
+    leaves = {p: x for p, x in base.leaves_with_paths(params) if x is not None}
+    by_leaf: dict[str, list[tuple[Group, Member]]] = {}
+    for g in groups:
+        for m in g.members:
+            by_leaf.setdefault(m.path, []).append((g, m))
+    for path, entries in by_leaf.items():
+        if len(entries) < 2:
+            continue
+        shape = tuple(leaves[path].shape)
+        axes = {m.axis % len(shape) for _, m in entries}
+        names = sorted({g.name for g, _ in entries})
+        if len(axes) > 1:
+            raise ValueError(
+                f"{what}: groups {names} cover {path!r} along different axes, so they overlap "
+                "(the proximal step of overlapping groups has no closed form)."
+            )
+        axis = axes.pop()
+        count = np.zeros(shape[axis], np.int64)
+        for g, m in entries:
+            seg = np.zeros(shape[axis], bool)
+            block = np.ones((m.outer, sizes[g.name], m.inner), bool).reshape(-1)
+            seg[m.offset : m.offset + block.size] = True
+            count += seg
+        if np.any(count > 1):
+            raise ValueError(
+                f"{what}: groups {names} share entries of {path!r} (axis {axis}); the proximal "
+                "step of overlapping groups has no closed form."
+            )
 
 
 def channel_indices(member: Member, channels: int, length: int, keep: np.ndarray) -> np.ndarray:

@@ -131,7 +131,7 @@ def _check_stats(stats: InputStats, features: int, need_gram: bool) -> None:
         raise ValueError("this method needs the input Gram matrix: input_stats_init(gram=True)")
 
 
-def _num_pruned(sparsity: Any, n: int) -> jax.Array | int:
+def num_pruned(sparsity: Any, n: int) -> jax.Array | int:
     """How many of ``n`` entries a sparsity prunes: the decimal floor for Python floats."""
     if isinstance(sparsity, (int, float)):
         if not 0.0 <= sparsity < 1.0 or math.isnan(sparsity):
@@ -185,7 +185,7 @@ def _keep_lowest_pruned_flat(scores: jax.Array, sparsity: jax.Array) -> jax.Arra
 def _row_or_nm_mask(scores: jax.Array, sparsity: Any, nm: tuple[int, int] | None) -> jax.Array:
     rows, cols = scores.shape
     if nm is None:
-        return _keep_lowest_pruned(scores, _num_pruned(sparsity, cols))
+        return _keep_lowest_pruned(scores, num_pruned(sparsity, cols))
     n, m = nm
     grouped = scores.reshape(rows, cols // m, m)
     return _keep_lowest_pruned(grouped, m - n).reshape(rows, cols)
@@ -425,7 +425,7 @@ def sparsegpt(
     if not isinstance(percdamp, (int, float)) or not percdamp > 0:
         raise ValueError(f"percdamp must be a positive float, got {percdamp!r}")
     if nm is None:
-        _num_pruned(sparsity, 1)  # range check for Python floats
+        num_pruned(sparsity, 1)  # range check for Python floats
     new, keep, ok = _sparsegpt_jit(
         w.astype(jnp.float32),
         stats.gram,
@@ -516,7 +516,7 @@ def owl_sparsities(ratios: Any, target: float, lam: float = 0.08) -> np.ndarray:
     r = np.asarray(ratios, np.float64)
     if r.ndim != 1 or r.size == 0 or not np.all(np.isfinite(r)):
         raise ValueError(f"ratios must be a non-empty 1-D array of finite values, got {ratios!r}")
-    _num_pruned(float(target), 1)
+    num_pruned(float(target), 1)
     if not 0 <= lam < 1:
         raise ValueError(f"lam must be in [0, 1), got {lam!r}")
     span = r.max() - r.min()

@@ -27,7 +27,7 @@ from jaxprune._src.interpret import run_tagged
 
 def _check_sparsity(sparsity: Any, n_of_m: Any) -> None:
     if n_of_m is None:
-        ops._num_pruned(sparsity, 1)
+        ops.num_pruned(sparsity, 1)
 
 
 @dataclasses.dataclass(frozen=True)

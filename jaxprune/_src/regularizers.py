@@ -36,9 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxprune._src import base, learned
+from jaxprune._src import base, gates_math
 from jaxprune._src import granularity as gran_lib
 from jaxprune._src import groups as groups_lib
+from jaxprune._src import labels as labels_lib
 
 # ---------------------------------------------------------------------------------------
 # States.
@@ -441,7 +442,7 @@ def add_group_lasso(
                 w = _weight(weighting, sizes[g.name])
                 nz = n > 0
                 coef[g.name] = jnp.where(nz, s * w / jnp.where(nz, n, 1.0), 0.0)
-            return learned.expand_channel_values(coef, groups, params, fill=0.0, combine="add")
+            return groups_lib.expand_group_values(coef, groups, params, fill=0.0, combine="add")
         flags = _resolve_flags(mask, params, "mask", _default_kernels)
         grans = _granularity_tree(groups, params, flags)
         out = {}
@@ -553,7 +554,7 @@ def prox_group_lasso(
 
     def init_fn(params):
         if kind == "groups":
-            learned.check_disjoint(groups, params, "prox_group_lasso")
+            groups_lib.check_disjoint(groups, params, "prox_group_lasso")
         else:
             flags = _resolve_flags(mask, params, "mask", _default_kernels)
             grans = _granularity_tree(groups, params, flags)
@@ -569,7 +570,7 @@ def prox_group_lasso(
         t = _value(learning_rate, state.count) * _value(strength, state.count)
         x = base.map_prunable(lambda u, p: _stepped(u, p), updates, params)
         if kind == "groups":
-            learned.check_disjoint(groups, params, "prox_group_lasso")
+            groups_lib.check_disjoint(groups, params, "prox_group_lasso")
             norms = groups_lib.group_norms(x, groups)
             sizes = _entries_per_channel(groups, params)
             factor = {}
@@ -577,7 +578,9 @@ def prox_group_lasso(
                 n = norms[g.name]
                 tw = t * _weight(weighting, sizes[g.name])
                 factor[g.name] = jnp.where(n > tw, 1.0 - tw / jnp.where(n > 0, n, 1.0), 0.0)
-            factors = learned.expand_channel_values(factor, groups, params, fill=1.0, combine="mul")
+            factors = groups_lib.expand_group_values(
+                factor, groups, params, fill=1.0, combine="mul"
+            )
         else:
             flags = _resolve_flags(mask, params, "mask", _default_kernels)
             grans = _granularity_tree(groups, params, flags)
@@ -671,17 +674,17 @@ _GATE_KINDS = ("auto", "hard_concrete", "bernoulli")
 
 
 def _gate_labels_default(params):
-    return learned.gate_labels(params, ("hard_concrete", "bernoulli"))
+    return labels_lib.gate_labels(params, ("hard_concrete", "bernoulli"))
 
 
 def _gate_kind(path: str, kind: str) -> str:
     if kind != "auto":
         return kind
-    k = learned.gate_kind(path)
+    k = labels_lib.gate_kind(path)
     if k not in ("hard_concrete", "bernoulli"):
         raise ValueError(
             f"cannot tell the gate kind of {path!r} from its name (expected "
-            f"{learned.L0_NAME!r} or {learned.BERNOULLI_NAME!r}); pass `kind`."
+            f"{labels_lib.L0_NAME!r} or {labels_lib.BERNOULLI_NAME!r}); pass `kind`."
         )
     return k
 
@@ -719,9 +722,9 @@ def add_gate_penalty(
     kind: str = "auto",
     bimodal: optax.ScalarOrSchedule = 0.0,
     weight: Any = None,
-    beta: float = learned.HC_BETA,
-    gamma: float = learned.HC_GAMMA,
-    zeta: float = learned.HC_ZETA,
+    beta: float = gates_math.HC_BETA,
+    gamma: float = gates_math.HC_GAMMA,
+    zeta: float = gates_math.HC_ZETA,
 ) -> optax.GradientTransformation:
     """Adds the gradient of a gate penalty (expected L0 or Srinivas's) to the gradients.
 
@@ -775,7 +778,7 @@ def add_gate_penalty(
     _check_strength(strength, "strength")
     _check_strength(bimodal, "bimodal")
     _check_kind(kind)
-    learned._check_hc_constants(beta, gamma, zeta)
+    gates_math.check_hc_constants(beta, gamma, zeta)
     shift = beta * math.log(-gamma / zeta)
 
     def init_fn(params):
@@ -816,7 +819,7 @@ def clip_gates(
     mask: Any = None,
     *,
     kind: str = "auto",
-    log_alpha_bounds: tuple[float, float] = learned.LOG_ALPHA_BOUNDS,
+    log_alpha_bounds: tuple[float, float] = gates_math.LOG_ALPHA_BOUNDS,
     gate_bounds: tuple[float, float] = (0.0, 1.0),
 ) -> optax.GradientTransformation:
     """Projects gates into their box after the update: ``log_alpha`` and Bernoulli ``g``.
@@ -879,10 +882,10 @@ def prox_gates(
     kind: str = "auto",
     bimodal: optax.ScalarOrSchedule = 0.0,
     weight: Any = None,
-    beta: float = learned.HC_BETA,
-    gamma: float = learned.HC_GAMMA,
-    zeta: float = learned.HC_ZETA,
-    log_alpha_bounds: tuple[float, float] = learned.LOG_ALPHA_BOUNDS,
+    beta: float = gates_math.HC_BETA,
+    gamma: float = gates_math.HC_GAMMA,
+    zeta: float = gates_math.HC_ZETA,
+    log_alpha_bounds: tuple[float, float] = gates_math.LOG_ALPHA_BOUNDS,
     gate_bounds: tuple[float, float] = (0.0, 1.0),
 ) -> optax.GradientTransformation:
     """Decoupled gate penalty step plus the box projection, after the optimizer.
@@ -935,7 +938,7 @@ def prox_gates(
     _check_strength(learning_rate, "learning_rate")
     _check_strength(bimodal, "bimodal")
     _check_kind(kind)
-    learned._check_hc_constants(beta, gamma, zeta)
+    gates_math.check_hc_constants(beta, gamma, zeta)
     la_lo, la_hi = _check_bounds(log_alpha_bounds, "log_alpha_bounds")
     g_lo, g_hi = _check_bounds(gate_bounds, "gate_bounds")
     shift = beta * math.log(-gamma / zeta)
@@ -1051,7 +1054,7 @@ def sparsity_penalties(
                 )
             )
     if slimming is not None:
-        select = learned.scale_labels if slimming_select is None else slimming_select
+        select = labels_lib.scale_labels if slimming_select is None else slimming_select
         out.append((prox_l1(slimming, learning_rate, mask=select), ProxL1State))
     if gates is not None:
         out.append((prox_gates(gates, learning_rate), ProxGatesState))

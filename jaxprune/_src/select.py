@@ -79,7 +79,7 @@ def _decimal_dropped(s: Any, n: int) -> int:
     return min(n, math.floor(decimal * n))
 
 
-def _num_dropped(s: jax.Array, n: int) -> jax.Array:
+def num_dropped(s: jax.Array, n: int) -> jax.Array:
     """The number of entries a sparsity ``s`` drops out of ``n`` (see :func:`topk_mask`).
 
     A concrete ``s`` (a Python or NumPy number, or an array with a value) drops the decimal
@@ -127,9 +127,9 @@ def _num_dropped(s: jax.Array, n: int) -> jax.Array:
     return q.astype(jnp.int32)
 
 
-def _num_keep(sparsity: jax.Array, n: int, floor: int) -> jax.Array:
-    """``max(n - dropped, floor)`` as an int32 scalar (``dropped`` from :func:`_num_dropped`)."""
-    return jnp.maximum(jnp.int32(n) - _num_dropped(sparsity, n), jnp.int32(floor))
+def num_keep(sparsity: jax.Array, n: int, floor: int) -> jax.Array:
+    """``max(n - dropped, floor)`` as an int32 scalar (``dropped`` from :func:`num_dropped`)."""
+    return jnp.maximum(jnp.int32(n) - num_dropped(sparsity, n), jnp.int32(floor))
 
 
 # ---------------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ def _check_method(method: Any) -> None:
         raise ValueError(f"`method` must be one of {_METHODS}, got {method!r}.")
 
 
-def _scalar(value: Any, name: str, *, fraction: bool = True) -> jax.Array:
+def check_scalar(value: Any, name: str, *, fraction: bool = True) -> jax.Array:
     """Validates a (possibly traced) scalar argument and returns it as a float32 array."""
     if value is None or callable(value) or isinstance(value, (str, bytes)):
         raise TypeError(
@@ -187,7 +187,7 @@ def _explicit_spec(x: Any) -> Any:
     return spec if any(s is not None for s in spec) else None
 
 
-def _resolve_method(method: str, items: list[tuple[str, jax.Array]]) -> str:
+def resolve_method(method: str, items: list[tuple[str, jax.Array]]) -> str:
     explicit = [(p, _explicit_spec(x)) for p, x in items]
     explicit = [(p, s) for p, s in explicit if s is not None]
     if method == "auto":
@@ -408,12 +408,22 @@ def _masks(leaves: list[_Keys], t: jax.Array, cut: jax.Array) -> list[jax.Array]
     return out
 
 
+def keep_top_k(x: jax.Array, k: Any, method: str = "auto") -> jax.Array:
+    """Keeps exactly the ``k`` largest entries of ``x`` (``k`` may be traced; ties by index).
+
+    The exact top-k of one leaf by count rather than by sparsity, for callers that compute
+    ``k`` themselves (sparse training's drop-and-grow). ``k`` is clipped to ``[0, x.size]``;
+    ``method`` is ``"auto"``, ``"radix"`` or ``"bisect"`` (see :func:`topk_mask`).
+    """
+    method = resolve_method(method, [("scores", x)])
+    leaf = _score_keys(x)
+    t, cut = _find_cutoff([leaf], jnp.asarray(k, jnp.int32), method)
+    return _masks([leaf], t, cut)[0]
+
+
 def _topk_leaf(x: jax.Array, sparsity: jax.Array, min_keep: int, method: str) -> jax.Array:
     n = int(np.prod(np.shape(x), dtype=np.int64))
-    k = _num_keep(sparsity, n, min(min_keep, n))
-    leaf = _score_keys(x)
-    t, cut = _find_cutoff([leaf], k, method)
-    return _masks([leaf], t, cut)[0]
+    return keep_top_k(x, num_keep(sparsity, n, min(min_keep, n)), method)
 
 
 # ---------------------------------------------------------------------------------------
@@ -472,9 +482,9 @@ def topk_mask(
     _check_scores("scores", scores)
     _check_method(method)
     min_keep = base.check_int(min_keep, "min_keep", 0)
-    s = _scalar(sparsity, "sparsity")
+    s = check_scalar(sparsity, "sparsity")
     _check_size(int(np.prod(np.shape(scores), dtype=np.int64)), "`scores`")
-    return _topk_leaf(scores, s, min_keep, _resolve_method(method, [("scores", scores)]))
+    return _topk_leaf(scores, s, min_keep, resolve_method(method, [("scores", scores)]))
 
 
 def layerwise_topk(
@@ -516,9 +526,9 @@ def layerwise_topk(
 
     def one(path, x, s):
         _check_scores(path, x)
-        s = _scalar(s, f"sparsity[{path!r}]")
+        s = check_scalar(s, f"sparsity[{path!r}]")
         _check_size(int(np.prod(np.shape(x), dtype=np.int64)), f"scores leaf {path!r}")
-        return _topk_leaf(x, s, min_keep, _resolve_method(method, [(path, x)]))
+        return _topk_leaf(x, s, min_keep, resolve_method(method, [(path, x)]))
 
     return base.map_with_path(one, scores, sparsity_tree)
 
@@ -566,11 +576,11 @@ def global_topk(
     """
     _check_method(method)
     min_keep = base.check_int(min_keep, "min_keep", 0)
-    s = _scalar(sparsity, "sparsity")
+    s = check_scalar(sparsity, "sparsity")
     items = [(p, x) for p, x in base.leaves_with_paths(scores) if x is not None]
     for path, x in items:
         _check_scores(path, x)
-    method = _resolve_method(method, items)
+    method = resolve_method(method, items)
     sizes = [int(np.prod(np.shape(x), dtype=np.int64)) for _, x in items]
     n = sum(sizes)
     _check_size(n, "`scores`")
@@ -593,7 +603,7 @@ def global_topk(
         else:
             own = _find_cutoff([_score_keys(x)], jnp.int32(m), method)
             leaves.append(_score_keys(x, own))
-    t, cut = _find_cutoff(leaves, _num_keep(s, n, sum(forced)), method)
+    t, cut = _find_cutoff(leaves, num_keep(s, n, sum(forced)), method)
     masks = iter(_masks(leaves, t, cut))
     return base.map_prunable(lambda _: next(masks), scores)
 
@@ -628,7 +638,7 @@ def threshold(scores: base.Scores, t: Any, *, strict: bool = True) -> base.Mask:
 
     def one(path, x, tv):
         _check_scores(path, x)
-        tv = _scalar(tv, f"t[{path!r}]", fraction=False)
+        tv = check_scalar(tv, f"t[{path!r}]", fraction=False)
         x = _as_f32(x)
         return x > tv if strict else x >= tv
 
@@ -680,7 +690,7 @@ def std_threshold(
         _check_scores(path, x)
         base.check_float_leaf(path, ref, "reference leaf")
         name = f"q[{path!r}]"
-        qv = _scalar(qv, name, fraction=False)
+        qv = check_scalar(qv, name, fraction=False)
         if base.is_concrete(qv) and float(qv) < 0:
             raise ValueError(f"`{name}` must be >= 0, got {float(qv)}.")
         ref = jnp.asarray(ref).astype(jnp.float32)
@@ -762,7 +772,7 @@ def n_of_m_mask(scores: jax.Array, n: int, m: int, axis: int = -2) -> jax.Array:
     return _n_of_m_leaf(scores, n, m, base.check_int(axis, "axis", -(2**31)), "scores")
 
 
-def n_of_m(scores: base.Scores, n: int, m: int, axis: int = -2) -> base.Mask:
+def top_n_of_m(scores: base.Scores, n: int, m: int, axis: int = -2) -> base.Mask:
     """Applies :func:`n_of_m_mask` to every leaf of a score tree.
 
     Args:
@@ -785,7 +795,7 @@ def n_of_m(scores: base.Scores, n: int, m: int, axis: int = -2) -> base.Mask:
       >>> from jaxprune import select
       >>> w = jnp.array([[1.0, -4.0], [3.0, 2.0], [0.5, 1.0], [2.0, 0.0]])
       >>> scores = {"kernel": jnp.abs(w), "bias": None}
-      >>> select.n_of_m(scores, 2, 4)["kernel"]  # 2 of every 4 along the input axis
+      >>> select.top_n_of_m(scores, 2, 4)["kernel"]  # 2 of every 4 along the input axis
       Array([[False,  True],
              [ True,  True],
              [False, False],
@@ -847,8 +857,8 @@ def hysteresis(scores: base.Scores, old_mask: base.Mask, low: Any, high: Any) ->
                 f"old_mask at {path!r} has shape {tuple(np.shape(old))}, but the scores have "
                 f"shape {tuple(np.shape(x))}."
             )
-        lo = _scalar(lo, f"low[{path!r}]", fraction=False)
-        hi = _scalar(hi, f"high[{path!r}]", fraction=False)
+        lo = check_scalar(lo, f"low[{path!r}]", fraction=False)
+        hi = check_scalar(hi, f"high[{path!r}]", fraction=False)
         if base.is_concrete(lo) and base.is_concrete(hi) and float(lo) > float(hi):
             raise ValueError(
                 f"hysteresis at {path!r} needs low <= high, got {float(lo)} > {float(hi)}."
@@ -857,3 +867,7 @@ def hysteresis(scores: base.Scores, old_mask: base.Mask, low: Any, high: Any) ->
         return (x > hi) | (old & (x >= lo))
 
     return base.map_with_path(one, scores, old_mask, low_tree, high_tree)
+
+
+# The old internal name, still used by ``sparsity.py`` (refactored separately).
+n_of_m = top_n_of_m
