@@ -28,7 +28,7 @@ CONV2_OUT = jaxprune.Group(
 
 
 def test_flatten_rows_removed_with_a_filter():
-    # METHODS.md golden test: removing filter f of conv2 removes fc1 rows (h*4 + w)*50 + f.
+    # Golden test: removing filter f of conv2 removes fc1 rows (h*4 + w)*50 + f.
     params = _lenet5_tail()
     f = 7
     keep = jnp.ones(50, bool).at[f].set(False)

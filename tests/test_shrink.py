@@ -247,7 +247,7 @@ def test_count_lenet5_matches_hand_counts_and_xla():
     v = _init(model, x)
     c = count(model.apply, v, x)
     assert c.total_params == 431_080
-    # METHODS.md 0.3, 2 FLOPs per MAC: conv1 576K, conv2 3.2M, fc1 800K, fc2 10K.
+    # LeNet-5 as usually quoted, 2 FLOPs per MAC: conv1 576K, conv2 3.2M, fc1 800K, fc2 10K.
     flops = {k: 2 * n for k, n in c.macs.items()}
     assert flops == {
         "params/conv1": 576_000,

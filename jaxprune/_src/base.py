@@ -3,7 +3,7 @@
 Every tree that jaxprune reads (params, scores, masks, sparsities) has the structure of the
 parameters, with ``None`` where a leaf is absent or never pruned. All mapping goes through
 :func:`map_prunable`, which maps with the params-shaped tree first and treats ``None`` as a
-leaf, so that a ``None`` anywhere yields ``None`` (see DESIGN.md, "None rule").
+leaf, so that a ``None`` anywhere yields ``None`` (the "None rule" of docs/guides/architecture.md).
 """
 
 from __future__ import annotations

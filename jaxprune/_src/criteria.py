@@ -9,7 +9,7 @@ the kept channels over the coupled axes of each :class:`jaxprune.Group`). Name t
 the taps. NISP, which propagates scores through a layer list, lives in
 :mod:`jaxprune._src.nisp`.
 
-Choices settled here (METHODS.md section 19; each is also stated where it applies):
+Choices settled here (each is also stated where it applies):
 
 * **APoZ** counts exact zeros of the post-ReLU output (or ``z <= 0`` for a pre-ReLU tap);
   the importance is ``1 - APoZ``. Selection is a fixed count per layer by default;
@@ -94,7 +94,7 @@ def apoz_std_rule(stats: stats_lib.ChannelStats, num_std: float = 1.0) -> dict[s
     """Keeps the channels whose APoZ is at most ``num_std`` std above their layer's mean.
 
     The Network Trimming paper removes neurons with a high APoZ relative to their layer; the
-    exact cut is not confirmed (METHODS.md section 8, [?]), so this threshold rule is offered
+    exact cut could not be confirmed from the paper, so this threshold rule is offered
     next to the fixed-count selection of :func:`jaxprune.importance.select_groups`.
 
     Args:

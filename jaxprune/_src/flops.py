@@ -4,9 +4,9 @@ Convention: one MAC is one multiply-add. ``dot_general`` costs
 ``prod(output shape) * prod(contracted sizes)`` MACs; ``conv_general_dilated`` costs
 ``prod(output shape) * prod(kernel window) * C_in / feature_group_count`` MACs. Biases,
 activations, normalization and pooling are not counted (they are a small fraction for the
-usual networks). FLOPs are ``2 * MACs``, the convention of most pruning papers (and the
-FLOP numbers of LeNet-5 in METHODS.md). MACs are for the batch of the example inputs: pass
-a batch of 1 for per-example numbers. Operations inside ``scan`` count ``length`` times;
+usual networks). FLOPs are ``2 * MACs``, the convention of most pruning papers (and of the
+LeNet-5 figures they quote). MACs are for the batch of the example inputs: pass a batch of 1
+for per-example numbers. Operations inside ``scan`` count ``length`` times;
 the bodies of ``cond`` and ``while`` are not counted. The walk is a client of
 :class:`jaxprune._src.interpret.JaxprWalker`, the library's one jaxpr interpreter.
 """
@@ -125,7 +125,7 @@ def count(apply_fn: Callable[..., Any], variables: Any, *example_inputs: Any) ->
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from jaxprune._src.flops import count
+      >>> from jaxprune import count
       >>> p = {"fc": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}}
       >>> c = count(lambda p, x: x @ p["fc"]["kernel"] + p["fc"]["bias"][None], p, jnp.ones((1, 4)))
       >>> c.params, c.macs, c.flops

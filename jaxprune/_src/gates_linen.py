@@ -156,7 +156,7 @@ class HardConcreteGate(nn.Module):
 class BernoulliGate(nn.Module):
     """Srinivas-style gates: ``z ~ Bernoulli(g)`` with a straight-through gradient.
 
-    What is implemented (METHODS.md 3a; the paper's Section 3 could not be checked, only its
+    What is implemented (the paper's Section 3 could not be checked, only its
     abstract: "gate variables ... equivalent to a spike-and-slab prior"): one trainable gate
     probability ``g in [0, 1]`` per entry of ``features`` (per weight when gating a kernel,
     per unit when gating activations), parameter ``bernoulli_gate``. Training draws

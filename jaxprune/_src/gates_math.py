@@ -184,7 +184,7 @@ def bernoulli_gate_sample(
     """Samples ``z ~ Bernoulli(g)`` with a straight-through gradient ``dz/dg = 1``.
 
     The forward value is exactly ``0`` or ``1``; the backward pass treats the sample as ``g``
-    (``z = g + stop_gradient(b - g)``), the estimator METHODS.md 3a records for Srinivas et
+    (``z = g + stop_gradient(b - g)``), the straight-through estimator used for Srinivas et
     al.'s gates. ``g`` is clipped to ``[0, 1]`` for the draw only.
 
     Args:

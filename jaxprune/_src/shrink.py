@@ -148,7 +148,7 @@ def shrink(
     Example:
       >>> import jax.numpy as jnp
       >>> import jaxprune
-      >>> from jaxprune._src.shrink import shrink
+      >>> from jaxprune import shrink
       >>> p = {"a": jnp.ones((3, 4)), "b": jnp.ones((4, 2))}
       >>> g = jaxprune.Group("h", (jaxprune.Member("a", 1), jaxprune.Member("b", 0)))
       >>> small = shrink(p, {"h": jnp.array([True, False, True, False])}, [g])
@@ -241,7 +241,7 @@ def widths(
     Example:
       >>> import jax.numpy as jnp
       >>> import jaxprune
-      >>> from jaxprune._src.shrink import widths
+      >>> from jaxprune import widths
       >>> p = {"params": {"fc1": {"kernel": jnp.ones((3, 4))}, "fc2": {"kernel": jnp.ones((4, 2))}}}
       >>> g = jaxprune.Group("h", (jaxprune.Member("params/fc1/kernel", 1),
       ...                          jaxprune.Member("params/fc2/kernel", 0)))

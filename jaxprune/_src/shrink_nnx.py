@@ -49,7 +49,7 @@ def shrink_module(module: Any, group_masks: Mapping[str, Any], groups: Sequence[
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> import jaxprune
-      >>> from jaxprune._src.shrink_nnx import shrink_module
+      >>> from jaxprune import shrink_module
       >>> m = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
       >>> g = jaxprune.Group("h", (jaxprune.Member("layers/0/kernel", 1),
       ...     jaxprune.Member("layers/0/bias", 0), jaxprune.Member("layers/1/kernel", 0)))

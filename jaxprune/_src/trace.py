@@ -682,7 +682,7 @@ def trace_groups(
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> from jaxprune._src.trace import trace_groups
+      >>> from jaxprune import trace_groups
       >>> def mlp(p, x):
       ...     h = jax.nn.relu(x @ p["fc1"]["kernel"] + p["fc1"]["bias"][None])
       ...     return h @ p["fc2"]["kernel"]
@@ -733,7 +733,7 @@ def groups_under(groups: Sequence[Group], prefix: str) -> list[Group]:
 
     Example:
       >>> import jaxprune
-      >>> from jaxprune._src.trace import groups_under
+      >>> from jaxprune import groups_under
       >>> g = jaxprune.Group("c", (jaxprune.Member("params/a/kernel", 1),
       ...                          jaxprune.Member("batch_stats/bn/mean", 0)))
       >>> [m.path for m in groups_under([g], "params")[0].members]
