@@ -113,7 +113,7 @@ def _keep_counts(params: base.Params, sparsity: Any, distribution: Any, prunable
         prunable = base.map_prunable(lambda p: len(p.shape) >= 2, params)
     only = jax.tree.map(lambda p, f: p if f else None, params, prunable, is_leaf=base.is_none)
     fn = dist_lib.resolve(distribution)
-    if fn == "global":
+    if isinstance(fn, dist_lib.GlobalSelection):
         raise ValueError("distribution 'global' is not supported; use 'uniform' or 'erk'")
     sparsities = base.broadcast_prefix(fn(only, sparsity), only, "distribution result")
 
@@ -128,6 +128,79 @@ def _keep_counts(params: base.Params, sparsity: Any, distribution: Any, prunable
         return n - math.floor(s * n + min(n, 2**16) * 2**-24)
 
     return base.map_with_path(one, only, sparsities)
+
+
+def _random_masks(params: base.Params, keeps: Any, key: jax.Array) -> base.Mask:
+    """A random mask per leaf with exactly ``keeps[leaf]`` active entries (``None``: dense)."""
+    leaves, treedef = jax.tree.flatten(keeps, is_leaf=base.is_none)
+    pleaves = treedef.flatten_up_to(params)
+    out = []
+    for i, (k, p) in enumerate(zip(leaves, pleaves, strict=True)):
+        if k is None:
+            out.append(None)
+            continue
+        r = jax.random.uniform(jax.random.fold_in(key, i), p.shape)
+        out.append(_like(_top_count(r, k), p))
+    return treedef.unflatten(out)
+
+
+def _masked(updates: Any, masks: base.Mask, fill: Any) -> Any:
+    """``updates`` where ``masks`` is True, ``fill(param)`` elsewhere (dense leaves pass)."""
+    return jax.tree.map(
+        lambda u, m, f: u if (m is None or u is None) else jnp.where(m, u, f.astype(u.dtype)),
+        updates,
+        masks,
+        fill,
+        is_leaf=base.is_none,
+    )
+
+
+def _regrow(params, grads, masks, key, frac, method):
+    """Drops ``floor(frac * k)`` of the ``k`` active entries per leaf and grows as many."""
+    leaves, treedef = jax.tree.flatten(masks, is_leaf=base.is_none)
+    pleaves = treedef.flatten_up_to(params)
+    gleaves = treedef.flatten_up_to(grads) if grads is not None else [None] * len(leaves)
+    out = []
+    for i, (m, p, g) in enumerate(zip(leaves, pleaves, gleaves, strict=True)):
+        if m is None:
+            out.append(None)
+            continue
+        k = jnp.sum(m, dtype=jnp.int32)
+        d = jnp.floor(frac * k.astype(jnp.float32)).astype(jnp.int32)
+        w = jnp.abs(p.astype(jnp.float32))
+        kept = _top_count(jnp.where(m, w, -jnp.inf), k - d)
+        if method == "rigl":
+            score = jnp.abs(g.astype(jnp.float32))
+        else:
+            score = jax.random.uniform(jax.random.fold_in(key, i), p.shape)
+        grown = _top_count(jnp.where(kept, -jnp.inf, score), d)
+        out.append(_like(kept | grown, m))
+    return treedef.unflatten(out)
+
+
+def _reset(inner_state: Any, params: base.Params, stay: base.Mask) -> Any:
+    """Zeros the optimizer moments (param-shaped state leaves) outside ``stay``."""
+    ptd = jax.tree.structure(params)
+
+    def is_param_tree(x):
+        return x is not None and not isinstance(x, jax.Array) and (jax.tree.structure(x) == ptd)
+
+    def reset(sub):
+        if not is_param_tree(sub):
+            return sub
+        return jax.tree.map(
+            lambda m, s, p: (
+                s
+                if (m is None or not hasattr(s, "shape") or s.shape != p.shape)
+                else s * m.astype(s.dtype)
+            ),
+            stay,
+            sub,
+            params,
+            is_leaf=base.is_none,
+        )
+
+    return jax.tree.map(reset, inner_state, is_leaf=is_param_tree)
 
 
 def sparse_training(
@@ -206,65 +279,11 @@ def sparse_training(
 
     def init_fn(params):
         keeps = _keep_counts(params, sparsity, distribution, prunable)
-        key = jax.random.PRNGKey(seed)
-        init_key, key = jax.random.split(key)
-        leaves, treedef = jax.tree.flatten(keeps, is_leaf=base.is_none)
-        pleaves = treedef.flatten_up_to(params)
-        out = []
-        for i, (k, p) in enumerate(zip(leaves, pleaves, strict=True)):
-            if k is None:
-                out.append(None)
-                continue
-            r = jax.random.uniform(jax.random.fold_in(init_key, i), p.shape)
-            out.append(_like(_top_count(r, k), p))
-        masks = treedef.unflatten(out)
+        init_key, key = jax.random.split(jax.random.PRNGKey(seed))
+        masks = _random_masks(params, keeps, init_key)
         return SparseTrainingState(
             count=jnp.zeros([], jnp.int32), masks=masks, key=key, inner_state=inner.init(params)
         )
-
-    def _regrow(params, grads, masks, key, frac):
-        leaves, treedef = jax.tree.flatten(masks, is_leaf=base.is_none)
-        pleaves = treedef.flatten_up_to(params)
-        gleaves = treedef.flatten_up_to(grads) if grads is not None else [None] * len(leaves)
-        out = []
-        for i, (m, p, g) in enumerate(zip(leaves, pleaves, gleaves, strict=True)):
-            if m is None:
-                out.append(None)
-                continue
-            k = jnp.sum(m, dtype=jnp.int32)
-            d = jnp.floor(frac * k.astype(jnp.float32)).astype(jnp.int32)
-            w = jnp.abs(p.astype(jnp.float32))
-            kept = _top_count(jnp.where(m, w, -jnp.inf), k - d)
-            if method == "rigl":
-                score = jnp.abs(g.astype(jnp.float32))
-            else:
-                score = jax.random.uniform(jax.random.fold_in(key, i), p.shape)
-            grown = _top_count(jnp.where(kept, -jnp.inf, score), d)
-            out.append(_like(kept | grown, m))
-        return treedef.unflatten(out)
-
-    def _reset(inner_state, params, stay):
-        ptd = jax.tree.structure(params)
-
-        def is_param_tree(x):
-            return x is not None and not isinstance(x, jax.Array) and (jax.tree.structure(x) == ptd)
-
-        def reset(sub):
-            if not is_param_tree(sub):
-                return sub
-            return jax.tree.map(
-                lambda m, s, p: (
-                    s
-                    if (m is None or not hasattr(s, "shape") or s.shape != p.shape)
-                    else s * m.astype(s.dtype)
-                ),
-                stay,
-                sub,
-                params,
-                is_leaf=base.is_none,
-            )
-
-        return jax.tree.map(reset, inner_state, is_leaf=is_param_tree)
 
     def update_fn(updates, state, params=None, *, raw_grads=None, **extra_args):
         if params is None:
@@ -284,7 +303,7 @@ def sparse_training(
             when = (count > 0) & (count % update_every == 0) & (count < end_step)
             new = jax.lax.cond(
                 when,
-                lambda ops: _regrow(*ops),
+                lambda ops: _regrow(*ops, method),
                 lambda ops: ops[2],
                 (params, raw_grads, old, sub, schedule(count)),
             )
@@ -293,20 +312,10 @@ def sparse_training(
                 when, lambda s: _reset(s, params, stay), lambda s: s, inner_state
             )
         stay = base.map_prunable(lambda o, n: o & n, old, new)
-        grads = jax.tree.map(
-            lambda u, m: u if (m is None or u is None) else jnp.where(m, u, 0).astype(u.dtype),
-            updates,
-            stay,
-            is_leaf=base.is_none,
-        )
+        zeros = jax.tree.map(lambda p: jnp.zeros((), p.dtype), params)
+        grads = _masked(updates, stay, zeros)
         inner_updates, inner_state = inner.update(grads, inner_state, params, **extra_args)
-        out = jax.tree.map(
-            lambda u, p, m: u if (m is None or u is None) else jnp.where(m, u, -p.astype(u.dtype)),
-            inner_updates,
-            params,
-            stay,
-            is_leaf=base.is_none,
-        )
+        out = _masked(inner_updates, stay, jax.tree.map(jnp.negative, params))
         return out, SparseTrainingState(
             count=optax.safe_increment(count), masks=new, key=key, inner_state=inner_state
         )
