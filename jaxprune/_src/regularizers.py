@@ -371,23 +371,29 @@ def group_spec(groups: Any, prunable: Any = None, name: str = "groups") -> Group
     return GranularityGroups(groups, prunable)
 
 
-def _check_weighting(weighting: Any) -> None:
-    if weighting in ("none", "sqrt_size") or callable(weighting):
-        return
-    raise ValueError(
-        f"`weighting` must be 'none', 'sqrt_size' or a callable size -> weight, got {weighting!r}."
-    )
+def _weighting_fn(weighting: Any) -> Callable[[int], float]:
+    """Normalizes ``weighting=`` (a name or a callable) to a checked ``size -> w_g``."""
+    if isinstance(weighting, str) and weighting in _WEIGHTINGS:
+        return _WEIGHTINGS[weighting]
+    if isinstance(weighting, str) or not callable(weighting):
+        raise ValueError(
+            "`weighting` must be 'none', 'sqrt_size' or a callable size -> weight, got "
+            f"{weighting!r}."
+        )
+
+    def checked(size: int) -> float:
+        w = float(weighting(size))
+        if not (math.isfinite(w) and w >= 0):
+            raise ValueError(f"`weighting({size})` returned {w}; weights must be finite and >= 0.")
+        return w
+
+    return checked
 
 
-def _weight(weighting: Any, size: int) -> float:
-    if weighting == "none":
-        return 1.0
-    if weighting == "sqrt_size":
-        return math.sqrt(size)
-    w = float(weighting(size))
-    if not (math.isfinite(w) and w >= 0):
-        raise ValueError(f"`weighting({size})` returned {w}; weights must be finite and >= 0.")
-    return w
+_WEIGHTINGS: dict[str, Callable[[int], float]] = {
+    "none": lambda size: 1.0,
+    "sqrt_size": math.sqrt,
+}
 
 
 def _granularity_tree(groups: Any, params: base.Params, flags: Any) -> Any:
@@ -423,7 +429,7 @@ def _entries_per_channel(groups: Sequence[groups_lib.Group], params: base.Params
 
 
 def _per_group(
-    spec: GroupSpec, x: base.Params, params: base.Params, weighting: Any, f: Callable, **fill
+    spec: GroupSpec, x: base.Params, params: base.Params, weighting: Callable, f: Callable, **fill
 ) -> dict:
     """``{path: f(norm, w_g)}`` per penalized leaf, broadcastable to it.
 
@@ -434,14 +440,14 @@ def _per_group(
     if isinstance(spec, ExplicitGroups):
         norms = groups_lib.group_norms(x, spec.groups)
         sizes = _entries_per_channel(spec.groups, params)
-        values = {g.name: f(norms[g.name], _weight(weighting, sizes[g.name])) for g in spec.groups}
+        values = {g.name: f(norms[g.name], weighting(sizes[g.name])) for g in spec.groups}
         return learned.expand_channel_values(values, spec.groups, params, **fill)
     out = {}
     xs = dict(base.leaves_with_paths(x))
     for path, p, axes in spec.leaves(params):
         size = int(np.prod([p.shape[a] for a in axes], dtype=np.int64))
         norm = jnp.sqrt(jnp.sum(jnp.square(_f32(xs[path])), axis=axes, keepdims=True))
-        out[path] = f(norm, _weight(weighting, size))
+        out[path] = f(norm, weighting(size))
     return out
 
 
@@ -509,7 +515,7 @@ def add_group_lasso(
       with grouped variables", JRSS-B 2006.
     """
     _check_strength(strength, "strength")
-    _check_weighting(weighting)
+    weighting = _weighting_fn(weighting)
     spec = group_spec(groups, prunable)
 
     def coefficient(norm, w, s):  # gradient of s * w * ||W_g|| is coefficient * W
@@ -591,7 +597,7 @@ def prox_group_lasso(
     """
     _check_strength(strength, "strength")
     _check_strength(learning_rate, "learning_rate")
-    _check_weighting(weighting)
+    weighting = _weighting_fn(weighting)
     spec = group_spec(groups, prunable)
 
     def factor(norm, w, t):  # block soft-thresholding of a group with norm ``norm``

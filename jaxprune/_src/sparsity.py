@@ -607,6 +607,50 @@ def count_leaked(params: base.Params, masks: base.Mask) -> jax.Array:
     return functools.reduce(jnp.add, counts, jnp.zeros([], jnp.int32))
 
 
+def _prng_key(key: Any) -> jax.Array:
+    """A ``jax.random`` key from a key or an int seed (the ``key=`` argument)."""
+    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array):
+        return key
+    raise TypeError(f"`key` must be a jax.random key or an int seed, got {key!r}.")
+
+
+def _check_c_rate(c_rate: Any) -> None:
+    """Raises unless every concrete leaf of ``c_rate`` is a finite real number ``>= 0``."""
+    for path, c in base.leaves_with_paths(c_rate):
+        name = f"c_rate[{path!r}]" if path else "c_rate"
+        if c is None or not base.is_concrete(c):
+            continue
+        if isinstance(c, bool) or not isinstance(c, (numbers.Real, np.ndarray, jax.Array)):
+            raise TypeError(f"`{name}` must be a real number, got {c!r}.")
+        value = float(np.asarray(c))
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"`{name}` must be a finite number >= 0 (the thresholds are "
+                f"low/high_factor * (mean + c_rate * std) of |w|), got {value}."
+            )
+
+
+def _dns_thresholds(
+    params: base.Params, masks: base.Mask, c_rate: Any, low_factor: float, high_factor: float
+) -> tuple[Any, Any]:
+    """DNS's ``a`` and ``b`` per leaf: ``factor * max(mu + c_rate * sigma, 0)`` of ``|w|``."""
+    rates = base.broadcast_prefix(c_rate, masks, "c_rate")
+
+    def one(w, m, c, factor):
+        a = jnp.abs(w.astype(jnp.float32))
+        mf = jnp.broadcast_to(m, a.shape).astype(jnp.float32)
+        n = jnp.maximum(jnp.sum(mf), 1.0)
+        mu = jnp.sum(a * mf) / n
+        sigma = jnp.sqrt(jnp.maximum(jnp.sum(a * a * mf) / n - mu * mu, 0.0))
+        return factor * jnp.maximum(mu + jnp.asarray(c, jnp.float32) * sigma, 0.0)
+
+    low = base.map_prunable(functools.partial(one, factor=low_factor), params, masks, rates)
+    high = base.map_prunable(functools.partial(one, factor=high_factor), params, masks, rates)
+    return low, high
+
+
 def dynamic_network_surgery(
     c_rate: Any = 0.0,
     *,
@@ -664,20 +708,8 @@ def dynamic_network_surgery(
       Guo, Yao, Chen, "Dynamic Network Surgery for Efficient DNNs", NeurIPS 2016.
       https://arxiv.org/abs/1608.04493
     """
-    if isinstance(key, int):
-        key = jax.random.key(key)
-    for path, c in base.leaves_with_paths(c_rate):
-        name = f"c_rate[{path!r}]" if path else "c_rate"
-        if c is None or not base.is_concrete(c):
-            continue
-        if isinstance(c, bool) or not isinstance(c, (numbers.Real, np.ndarray, jax.Array)):
-            raise TypeError(f"`{name}` must be a real number, got {c!r}.")
-        value = float(np.asarray(c))
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(
-                f"`{name}` must be a finite number >= 0 (the thresholds are "
-                f"low/high_factor * (mean + c_rate * std) of |w|), got {value}."
-            )
+    key = _prng_key(key)
+    _check_c_rate(c_rate)
     if not (0.0 <= low_factor <= high_factor):
         raise ValueError(
             f"need 0 <= low_factor <= high_factor, got {low_factor} and {high_factor}."
@@ -696,43 +728,22 @@ def dynamic_network_surgery(
             key=key,
         )
 
-    def thresholds(params, masks):
-        rates = base.broadcast_prefix(c_rate, masks, "c_rate")
-
-        def one(w, m, c, factor):
-            a = jnp.abs(w.astype(jnp.float32))
-            mf = jnp.broadcast_to(m, a.shape).astype(jnp.float32)
-            n = jnp.maximum(jnp.sum(mf), 1.0)
-            mu = jnp.sum(a * mf) / n
-            sigma = jnp.sqrt(jnp.maximum(jnp.sum(a * a * mf) / n - mu * mu, 0.0))
-            return factor * jnp.maximum(mu + jnp.asarray(c, jnp.float32) * sigma, 0.0)
-
-        low = base.map_prunable(functools.partial(one, factor=low_factor), params, masks, rates)
-        high = base.map_prunable(functools.partial(one, factor=high_factor), params, masks, rates)
-        return low, high
-
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         if params is None:
             raise ValueError(base.NO_PARAMS_MSG)
         count = state.count
-        pp = jax.tree.map(
-            lambda x, m: None if m is None else x, params, state.masks, is_leaf=base.is_none
-        )
+        pp = _dense_where_none(params, state.masks)
         low, high = jax.lax.cond(
             count == 0,
-            lambda ops: thresholds(ops[0], ops[1]),
+            lambda ops: _dns_thresholds(ops[0], ops[1], c_rate, low_factor, high_factor),
             lambda ops: (ops[2], ops[3]),
             (pp, state.masks, state.low, state.high),
         )
         key, sub = jax.random.split(state.key)
         go = jax.random.uniform(sub, (), jnp.float32) < probability(count)
 
-        def recompute(ops):
-            p, old, lo, hi = ops
-            scores = scores_lib.magnitude(p)
-            return select_lib.hysteresis(scores, old, lo, hi)
-
+        recompute = lambda ops: select_lib.hysteresis(scores_lib.magnitude(ops[0]), *ops[1:])
         masks = jax.lax.cond(go, recompute, lambda ops: ops[1], (pp, state.masks, low, high))
         new_state = DynamicSurgeryState(optax.safe_increment(count), masks, low, high, key)
         return updates, new_state
