@@ -1,6 +1,6 @@
 """Pruning granularity as data: which axes of a parameter a mask keeps.
 
-A mask's shape *is* its granularity (DESIGN.md): for a conv kernel ``(kh, kw, cin, cout)`` a
+A mask's shape *is* its granularity: for a conv kernel ``(kh, kw, cin, cout)`` a
 filter mask has shape ``(1, 1, 1, cout)``, an input-channel mask ``(1, 1, cin, 1)``, an SSL
 filter-shape mask ``(kh, kw, cin, 1)``, a connection (Changpinyo) mask ``(1, 1, cin, cout)``, a
 layer mask ``(1, 1, 1, 1)``, and unstructured and N:M masks the full shape. A

@@ -1,7 +1,8 @@
 """Sparsity-inducing penalties as optax transformations.
 
-Two families, which go to different places of an ``optax.chain`` (DESIGN.md, "The optax
-contract"):
+Two families, which go to different places of an ``optax.chain`` (see
+``docs/guides/chain_order.md``); every transform follows optax's pattern, a factory, an
+``init_fn``, an ``update_fn`` and a ``NamedTuple`` state (``docs/guides/architecture_optax.md``):
 
 * **Coupled** terms -- :func:`add_l1`, :func:`add_group_lasso`, :func:`add_gate_penalty` --
   add the (sub)gradient of a penalty to the incoming gradients, exactly as if the penalty were
