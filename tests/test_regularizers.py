@@ -615,3 +615,41 @@ def test_penalty_chain_on_sharded_params_equals_single_device(axis_type):
     assert float(jnp.sum(jnp.abs(got["bn"]["scale"]))) < float(
         jnp.sum(jnp.abs(params["bn"]["scale"]))
     )
+
+
+# --- optax_sparsity is a chain of the proximal transforms and the masking transform ---
+
+
+def test_optax_sparsity_penalty_keywords_give_the_chain_state():
+    params = _net_params()
+    tx = jaxprune.optax_sparsity(
+        0.5,
+        prunable=jaxprune.default_prunable,
+        l1=0.01,
+        slimming=2.0,
+        learning_rate=0.1,
+    )
+    state = tx.init(params)
+    assert isinstance(state, tuple) and len(state) == 3
+    assert [type(s) for s in state] == [
+        jaxprune.ProxL1State,
+        jaxprune.ProxL1State,
+        jaxprune.SparsityState,
+    ]
+    assert jaxprune.masks(state) is state[-1].masks
+    plain = jaxprune.optax_sparsity(0.5, prunable=jaxprune.default_prunable)
+    assert isinstance(plain.init(params), jaxprune.SparsityState)
+
+
+def test_group_lasso_refuses_prunable_with_explicit_groups():
+    params = {"a": jnp.ones((3, 4))}
+    groups = [jaxprune.Group("h", (jaxprune.Member("a", 1),))]
+    with pytest.raises(ValueError, match="`prunable` applies to a granularity"):
+        jaxprune.add_group_lasso(0.1, groups, prunable={"a": True})
+    with pytest.raises(ValueError, match="`prunable` applies to a granularity"):
+        jaxprune.prox_group_lasso(0.1, 0.1, groups, prunable={"a": True})
+    with pytest.raises(ValueError, match="`weighting` must be 'none', 'sqrt_size'"):
+        jaxprune.add_group_lasso(0.1, groups, weighting="sqrt")
+    tx = jaxprune.add_group_lasso(1.0, groups, weighting=lambda n: -1.0)
+    with pytest.raises(ValueError, match=r"`weighting\(3\)` returned -1.0"):
+        tx.update({"a": jnp.ones((3, 4))}, tx.init(params), params)
