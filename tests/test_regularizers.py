@@ -636,7 +636,7 @@ def test_optax_sparsity_penalty_keywords_give_the_chain_state():
         jaxprune.ProxL1State,
         jaxprune.SparsityState,
     ]
-    assert jaxprune.masks(state) is state[-1].masks
+    chex.assert_trees_all_equal(jaxprune.masks(state), state[-1].masks)
     plain = jaxprune.optax_sparsity(0.5, prunable=jaxprune.default_prunable)
     assert isinstance(plain.init(params), jaxprune.SparsityState)
 
