@@ -304,6 +304,20 @@ class ExplicitGroups:
         else:
             learned.check_disjoint(self.groups, params, disjoint)
 
+    def per_group(
+        self, x: base.Params, params: base.Params, weighting: Callable, f: Callable, **expand
+    ) -> dict:
+        """``{path: f(norm, w_g)}`` for the groups' leaves, broadcastable to them.
+
+        ``norm`` is each channel's Euclidean norm in ``x`` (params-shaped) and ``w_g`` its
+        weight; the per-channel values are expanded onto the members with ``expand``
+        (``fill``, ``combine``) as :func:`jaxprune.learned.expand_channel_values` does.
+        """
+        norms = groups_lib.group_norms(x, self.groups)
+        sizes = _entries_per_channel(self.groups, params)
+        values = {g.name: f(norms[g.name], weighting(sizes[g.name])) for g in self.groups}
+        return learned.expand_channel_values(values, self.groups, params, **expand)
+
 
 @dataclasses.dataclass(frozen=True)
 class GranularityGroups:
@@ -328,6 +342,19 @@ class GranularityGroups:
         """Validates the selection and the granularities against ``params``."""
         del disjoint  # the units of one granularity never overlap
         self.leaves(params)
+
+    def per_group(
+        self, x: base.Params, params: base.Params, weighting: Callable, f: Callable, **expand
+    ) -> dict:
+        """``{path: f(norm, w_g)}`` per penalized leaf, one entry per unit (keepdims)."""
+        del expand  # every unit lies in one leaf
+        xs = dict(base.leaves_with_paths(x))
+        out = {}
+        for path, p, axes in self.leaves(params):
+            size = int(np.prod([p.shape[a] for a in axes], dtype=np.int64))
+            norm = jnp.sqrt(jnp.sum(jnp.square(_f32(xs[path])), axis=axes, keepdims=True))
+            out[path] = f(norm, weighting(size))
+        return out
 
 
 GroupSpec = ExplicitGroups | GranularityGroups
@@ -429,29 +456,6 @@ def _entries_per_channel(groups: Sequence[groups_lib.Group], params: base.Params
     return out
 
 
-def _per_group(
-    spec: GroupSpec, x: base.Params, params: base.Params, weighting: Callable, f: Callable, **fill
-) -> dict:
-    """``{path: f(norm, w_g)}`` per penalized leaf, broadcastable to it.
-
-    ``norm`` is the Euclidean norm of each group of ``x`` (params-shaped) and ``w_g`` the
-    group's weight; explicit groups expand their per-channel values with ``fill`` and
-    ``combine`` (see :func:`jaxprune.learned.expand_channel_values`).
-    """
-    if isinstance(spec, ExplicitGroups):
-        norms = groups_lib.group_norms(x, spec.groups)
-        sizes = _entries_per_channel(spec.groups, params)
-        values = {g.name: f(norms[g.name], weighting(sizes[g.name])) for g in spec.groups}
-        return learned.expand_channel_values(values, spec.groups, params, **fill)
-    out = {}
-    xs = dict(base.leaves_with_paths(x))
-    for path, p, axes in spec.leaves(params):
-        size = int(np.prod([p.shape[a] for a in axes], dtype=np.int64))
-        norm = jnp.sqrt(jnp.sum(jnp.square(_f32(xs[path])), axis=axes, keepdims=True))
-        out[path] = f(norm, weighting(size))
-    return out
-
-
 def add_group_lasso(
     strength: optax.ScalarOrSchedule,
     groups: Any,
@@ -531,7 +535,7 @@ def add_group_lasso(
         _check_params(params, updates)
         s = _value(strength, state.count)
         f = functools.partial(coefficient, s=s)
-        coef = _per_group(spec, params, params, weighting, f, fill=0.0, combine="add")
+        coef = spec.per_group(params, params, weighting, f, fill=0.0, combine="add")
 
         def one(path, u, p):
             c = coef.get(path)
@@ -615,7 +619,7 @@ def prox_group_lasso(
         x = base.map_prunable(lambda u, p: _stepped(u, p), updates, params)
         spec.check(params, disjoint="prox_group_lasso")
         f = functools.partial(factor, t=t)
-        factors = _per_group(spec, x, params, weighting, f, fill=1.0, combine="mul")
+        factors = spec.per_group(x, params, weighting, f, fill=1.0, combine="mul")
 
         def one(path, u, p, xv):
             f = factors.get(path)
