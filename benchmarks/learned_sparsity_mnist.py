@@ -343,7 +343,7 @@ def run_slimming(data, seed, args, log):
         spe = N_TRAIN // b
         lam = _window(args.slimming_lambda, l1_start * spe, l1_stop * spe)
     if args.slimming_mode == "coupled":  # the paper: lam * sign(gamma) added to the gradient
-        tx = optax.chain(jaxprune.add_l1(lam, mask=labels), *base)
+        tx = optax.chain(jaxprune.add_l1(lam, prunable=labels), *base)
     else:  # one line: soft-thresholding of the scales after the optimizer (exact zeros)
         tx = optax.chain(
             *base,
@@ -351,7 +351,7 @@ def run_slimming(data, seed, args, log):
                 0.0,
                 update_every=10**9,
                 slimming=args.slimming_lambda,
-                slimming_select=labels,
+                slimming_prunable=labels,
                 learning_rate=sched,
             ),
         )

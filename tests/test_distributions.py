@@ -353,7 +353,10 @@ def test_resolve():
     assert distributions.resolve("uniform") is distributions.uniform
     assert distributions.resolve("erk") is distributions.erk
     assert distributions.resolve("er") is distributions.er
-    assert distributions.resolve("global") == "global"
+    assert distributions.resolve("global") is distributions.GLOBAL
+    assert isinstance(distributions.GLOBAL, distributions.GlobalSelection)
+    assert distributions.resolve(distributions.GLOBAL) is distributions.GLOBAL
+    assert repr(distributions.GLOBAL) == "jaxprune.distributions.GLOBAL"
     fn = lambda params, s: params
     assert distributions.resolve(fn) is fn
     with pytest.raises(ValueError, match=r"'er', 'erk', 'uniform', 'global'"):

@@ -235,7 +235,7 @@ def test_nnx_optimizer_with_gate_penalties_and_weight_decay_mask():
     no_gates = jaxprune.nnx.mask_fn(model, jaxprune.nnx.GateParam, invert=True)
     tx = optax.chain(
         jaxprune.add_gate_penalty(0.5),
-        jaxprune.add_l1(0.05, mask=jaxprune.nnx.slimming_labels(model)),
+        jaxprune.add_l1(0.05, prunable=jaxprune.nnx.slimming_labels(model)),
         optax.adamw(1e-2, weight_decay=1e-1, mask=no_gates),
         jaxprune.clip_gates(),
     )

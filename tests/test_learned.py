@@ -159,7 +159,7 @@ def test_nnx_one_line_slimming_then_selection():
         jaxprune.optax_sparsity(
             0.0,
             slimming=1.0,
-            slimming_select=jaxprune.nnx.slimming_labels(model),
+            slimming_prunable=jaxprune.nnx.slimming_labels(model),
             learning_rate=0.1,
         ),
     )

@@ -78,7 +78,7 @@ def test_add_l1_equals_grad_and_zero_subgradient():
         return strength * sum(jnp.sum(jnp.abs(x)) for x in sel)
 
     expected = jax.grad(penalty)(params)
-    tx = jaxprune.add_l1(strength, mask=mask)
+    tx = jaxprune.add_l1(strength, prunable=mask)
     got, state = jax.jit(tx.update)(_zeros(params), tx.init(params), params)
     # jax.grad(abs)(0) is 1; the documented subgradient at 0 is sign(0) = 0.
     expected = jax.tree.map(lambda e, p: jnp.where(p == 0, 0.0, e), expected, params)
@@ -173,7 +173,7 @@ def test_prox_l1_closed_form_and_exact_zeros():
     params = {"w": jnp.array([0.3, -0.04, 0.06, -2.0, 0.0]), "b": jnp.ones(2)}
     grads = {"w": jnp.array([1.0, 0.0, 0.0, -1.0, 0.5]), "b": jnp.ones(2)}
     lr, lam = 0.1, 0.5
-    tx = optax.chain(optax.sgd(lr), jaxprune.prox_l1(lam, lr, mask={"w": True, "b": False}))
+    tx = optax.chain(optax.sgd(lr), jaxprune.prox_l1(lam, lr, prunable={"w": True, "b": False}))
     updates, _ = tx.update(grads, tx.init(params), params)
     new = optax.apply_updates(params, updates)
     x = np.asarray(params["w"]) - lr * np.asarray(grads["w"])
@@ -261,7 +261,7 @@ def test_zero_small_clip_and_prox_gates():
         "w": jnp.zeros(3),
         "g": {"l0_log_alpha": jnp.array([-1.0, 0.5, 1.0]), "bernoulli_gate": jnp.array([0.0, 0.5])},
     }
-    tx = jaxprune.zero_small(1e-4, mask={"w": True, "g": False})
+    tx = jaxprune.zero_small(1e-4, prunable={"w": True, "g": False})
     u, _ = tx.update(updates, tx.init(params), params)
     np.testing.assert_array_equal(optax.apply_updates(params, u)["w"], [0.0, 0.0, 0.5])
 
@@ -294,10 +294,10 @@ _only_bn = {"conv": False, "bn": True, "fc": False, "out": False}
 ALL = {
     "add_l1": lambda s: jaxprune.add_l1(s),
     "add_group_lasso": lambda s: jaxprune.add_group_lasso(s, [CONV_GROUP, FC_GROUP]),
-    "add_gate_penalty": lambda s: jaxprune.add_gate_penalty(s, mask=_only_bn, kind="bernoulli"),
+    "add_gate_penalty": lambda s: jaxprune.add_gate_penalty(s, prunable=_only_bn, kind="bernoulli"),
     "prox_l1": lambda s: jaxprune.prox_l1(s, 0.1),
     "prox_group_lasso": lambda s: jaxprune.prox_group_lasso(s, 0.1, jaxprune.FILTER),
-    "prox_gates": lambda s: jaxprune.prox_gates(s, 0.1, mask=_only_bn, kind="bernoulli"),
+    "prox_gates": lambda s: jaxprune.prox_gates(s, 0.1, prunable=_only_bn, kind="bernoulli"),
     "zero_small": lambda s: jaxprune.zero_small(s),
 }
 
@@ -358,11 +358,11 @@ def test_errors_name_the_argument_or_path():
     with pytest.raises(ValueError, match="`learning_rate`"):
         jaxprune.prox_l1(0.1, -0.1)
     with pytest.raises(ValueError, match=r"\['nope'\] that match no parameter path"):
-        jaxprune.add_l1(0.1, mask={"nope": True}).init(params)
+        jaxprune.add_l1(0.1, prunable={"nope": True}).init(params)
     with pytest.raises(TypeError, match="one Python bool per leaf.*'bn/bias'"):
-        jaxprune.add_l1(0.1, mask={"conv": True, "bn": jnp.ones(4, bool), "fc": 0, "out": 0}).init(
-            params
-        )
+        jaxprune.add_l1(
+            0.1, prunable={"conv": True, "bn": jnp.ones(4, bool), "fc": 0, "out": 0}
+        ).init(params)
     with pytest.raises(ValueError, match="no parameter at path 'missing/kernel'"):
         jaxprune.add_group_lasso(0.1, [G("g", (M("missing/kernel", 0),))]).init(params)
     with pytest.raises(TypeError, match="`groups` is required"):
@@ -373,7 +373,7 @@ def test_errors_name_the_argument_or_path():
         jaxprune.add_group_lasso(0.1, jaxprune.FILTER, weighting="size")
     with pytest.raises(ValueError, match="cannot tell the gate kind of 'bn/scale'"):
         jaxprune.add_gate_penalty(
-            0.1, mask={**_only_bn, "bn": {"scale": True, "bias": False}}
+            0.1, prunable={**_only_bn, "bn": {"scale": True, "bias": False}}
         ).init(params)
     with pytest.raises(ValueError, match="`kind`"):
         jaxprune.prox_gates(0.1, 0.1, kind="l0")
@@ -421,11 +421,14 @@ def test_optax_sparsity_keywords_equal_the_explicit_chain():
     )
     explicit = optax.chain(
         optax.sgd(lr, momentum=0.9),
-        jaxprune.prox_l1(0.01, lr, mask=jaxprune.default_prunable),
+        jaxprune.prox_l1(0.01, lr, prunable=jaxprune.default_prunable),
         jaxprune.prox_group_lasso(
-            optax.linear_schedule(0.0, 0.5, 5), lr, jaxprune.FILTER, mask=jaxprune.default_prunable
+            optax.linear_schedule(0.0, 0.5, 5),
+            lr,
+            jaxprune.FILTER,
+            prunable=jaxprune.default_prunable,
         ),
-        jaxprune.prox_l1(2.0, lr, mask=jaxprune.scale_labels),
+        jaxprune.prox_l1(2.0, lr, prunable=jaxprune.scale_labels),
         jaxprune.prox_gates(0.05, lr),
         jaxprune.optax_sparsity(sched, **common),
     )
@@ -457,15 +460,15 @@ def test_optax_sparsity_keyword_errors():
         jaxprune.optax_sparsity(0.5, l1=1e-4)
     with pytest.raises(ValueError, match="`learning_rate` is only used by the penalty keywords"):
         jaxprune.optax_sparsity(0.5, learning_rate=0.1)
-    with pytest.raises(ValueError, match="`slimming_select` needs `slimming=`"):
-        jaxprune.optax_sparsity(0.5, l1=1e-4, learning_rate=0.1, slimming_select={})
+    with pytest.raises(ValueError, match="`slimming_prunable` needs `slimming=`"):
+        jaxprune.optax_sparsity(0.5, l1=1e-4, learning_rate=0.1, slimming_prunable={})
 
 
 def test_optax_sparsity_keywords_inject_hyperparams():
     params = _net_params()
     static = (
         "score_fn granularity reduction distribution prunable update_when min_keep "
-        "straight_through select_fn method group_lasso_groups slimming_select"
+        "straight_through select_fn method group_lasso_groups slimming_prunable"
     ).split()
     tx = optax.chain(
         optax.sgd(0.1),
@@ -551,7 +554,7 @@ def test_penalty_chain_on_sharded_params_equals_single_device(axis_type):
     }
     tx = optax.chain(
         jaxprune.add_group_lasso(0.05, [conv, fc], weighting="sqrt_size"),
-        jaxprune.add_l1(optax.linear_schedule(0.0, 0.02, 3), mask=bn_only),
+        jaxprune.add_l1(optax.linear_schedule(0.0, 0.02, 3), prunable=bn_only),
         optax.sgd(0.1, momentum=0.9),
         jaxprune.prox_group_lasso(0.5, 0.1, [conv]),  # prox groups must not overlap
         jaxprune.zero_small(1e-3),
@@ -612,3 +615,41 @@ def test_penalty_chain_on_sharded_params_equals_single_device(axis_type):
     assert float(jnp.sum(jnp.abs(got["bn"]["scale"]))) < float(
         jnp.sum(jnp.abs(params["bn"]["scale"]))
     )
+
+
+# --- optax_sparsity is a chain of the proximal transforms and the masking transform ---
+
+
+def test_optax_sparsity_penalty_keywords_give_the_chain_state():
+    params = _net_params()
+    tx = jaxprune.optax_sparsity(
+        0.5,
+        prunable=jaxprune.default_prunable,
+        l1=0.01,
+        slimming=2.0,
+        learning_rate=0.1,
+    )
+    state = tx.init(params)
+    assert isinstance(state, tuple) and len(state) == 3
+    assert [type(s) for s in state] == [
+        jaxprune.ProxL1State,
+        jaxprune.ProxL1State,
+        jaxprune.SparsityState,
+    ]
+    chex.assert_trees_all_equal(jaxprune.masks(state), state[-1].masks)
+    plain = jaxprune.optax_sparsity(0.5, prunable=jaxprune.default_prunable)
+    assert isinstance(plain.init(params), jaxprune.SparsityState)
+
+
+def test_group_lasso_refuses_prunable_with_explicit_groups():
+    params = {"a": jnp.ones((3, 4))}
+    groups = [jaxprune.Group("h", (jaxprune.Member("a", 1),))]
+    with pytest.raises(ValueError, match="`prunable` applies to a granularity"):
+        jaxprune.add_group_lasso(0.1, groups, prunable={"a": True})
+    with pytest.raises(ValueError, match="`prunable` applies to a granularity"):
+        jaxprune.prox_group_lasso(0.1, 0.1, groups, prunable={"a": True})
+    with pytest.raises(ValueError, match="`weighting` must be 'none', 'sqrt_size'"):
+        jaxprune.add_group_lasso(0.1, groups, weighting="sqrt")
+    tx = jaxprune.add_group_lasso(1.0, groups, weighting=lambda n: -1.0)
+    with pytest.raises(ValueError, match=r"`weighting\(3\)` returned -1.0"):
+        tx.update({"a": jnp.ones((3, 4))}, tx.init(params), params)

@@ -462,3 +462,24 @@ def test_auto_method_in_the_step_bisects_small_trees_with_the_same_masks():
             _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
             out.append(jaxprune.masks(state))
         chex.assert_trees_all_equal(*out)
+
+
+def test_global_sentinel_is_the_global_distribution():
+    params = {"a": jnp.arange(1.0, 7.0).reshape(2, 3), "b": jnp.arange(10.0, 16.0).reshape(3, 2)}
+    runs = []
+    for d in ("global", jaxprune.distributions.GLOBAL):
+        tx = jaxprune.optax_sparsity(0.5, distribution=d, update_every=1, min_keep=0)
+        _, state = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+        runs.append(jaxprune.masks(state))
+    chex.assert_trees_all_equal(*runs)
+    assert not bool(runs[0]["a"].any()) and bool(runs[0]["b"].all())  # one global threshold
+
+
+def test_dynamic_network_surgery_key_must_be_a_key_or_seed():
+    with pytest.raises(TypeError, match="`key` must be a jax.random key or an int seed"):
+        jaxprune.dynamic_network_surgery(key="0")
+    params = {"w": jnp.array([[0.01, -2.0], [0.5, 3.0]])}
+    for key in (np.int64(3), 3, jax.random.key(3)):
+        tx = jaxprune.dynamic_network_surgery(key=key, gamma=0.0)
+        _, state = tx.update(params, tx.init(params), params)
+        assert jaxprune.masks(state)["w"].shape == (2, 2)

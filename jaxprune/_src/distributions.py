@@ -15,8 +15,8 @@ removes ``floor(s_l * n_l)`` entries of leaf ``l`` (``n_l`` = its size).
 
 "Global" magnitude pruning is **not** a per-leaf allocation: it is one threshold over all
 leaves, i.e. ``jaxprune.select.global_topk(scores, sparsity)`` called with the scalar sparsity.
-:func:`resolve` maps the name ``"global"`` to the string ``"global"`` so that callers can
-branch on it.
+:func:`resolve` maps the name ``"global"`` to the sentinel :data:`GLOBAL` (an instance of
+:class:`GlobalSelection`) so that callers can branch on its type.
 
 Paths are ``'/'``-joined key paths (``'Dense_0/kernel'``); paths of ``None`` leaves are valid
 paths (they stay ``None``), paths that do not exist in the tree raise ``ValueError``.
@@ -24,6 +24,7 @@ paths (they stay ``None``), paths that do not exist in the tree raise ``ValueErr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Callable, Collection, Mapping
@@ -36,7 +37,32 @@ from jaxprune._src import base
 
 ExcludeSpec = Collection[str] | Callable[[str, Any], bool] | str | None
 
-__all__ = ["er", "erk", "nonzero_budget", "per_path", "resolve", "uniform"]
+__all__ = [
+    "GLOBAL",
+    "GlobalSelection",
+    "er",
+    "erk",
+    "nonzero_budget",
+    "per_path",
+    "resolve",
+    "uniform",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalSelection:
+    """The ``"global"`` distribution: one threshold over all leaves, not a per-leaf split.
+
+    Not callable: global selection is ``jaxprune.select.global_topk(scores, sparsity)`` with
+    the scalar sparsity. Use the instance :data:`GLOBAL`; :func:`resolve` returns it for the
+    name ``"global"``.
+    """
+
+    def __repr__(self) -> str:
+        return "jaxprune.distributions.GLOBAL"
+
+
+GLOBAL = GlobalSelection()
 
 
 # ---------------------------------------------------------------------------------------
@@ -505,17 +531,17 @@ def nonzero_budget(params: base.Params, sparsities: Any) -> Any:
 _BY_NAME: dict[str, Callable[..., Any]] = {"uniform": uniform, "erk": erk, "er": er}
 
 
-def resolve(distribution: str | Callable[..., Any]) -> Callable[..., Any] | str:
+def resolve(distribution: str | Callable[..., Any]) -> Callable[..., Any] | GlobalSelection:
     """Maps a distribution name to its function; callables pass through.
 
     Args:
-      distribution: ``"uniform"``, ``"erk"``, ``"er"``, ``"global"`` or a callable
-        ``(params, sparsity) -> tree``.
+      distribution: ``"uniform"``, ``"erk"``, ``"er"``, ``"global"`` (or :data:`GLOBAL`) or
+        a callable ``(params, sparsity) -> tree``.
 
     Returns:
-      The distribution function, the callable itself, or the string ``"global"`` (global
-      selection is ``jaxprune.select.global_topk`` with the scalar sparsity; the caller
-      branches on it).
+      The distribution function, the callable itself, or :data:`GLOBAL` (global selection
+      is ``jaxprune.select.global_topk`` with the scalar sparsity; the caller branches on
+      ``isinstance(result, GlobalSelection)``).
 
     Raises:
       ValueError: For an unknown name (the valid names are listed).
@@ -526,19 +552,19 @@ def resolve(distribution: str | Callable[..., Any]) -> Callable[..., Any] | str:
       >>> distributions.resolve('erk') is distributions.erk
       True
       >>> distributions.resolve('global')
-      'global'
+      jaxprune.distributions.GLOBAL
 
     References:
       Evci et al., ICML 2020 (uniform, ER, ERK); Zhu & Gupta 2017.
     """
-    if callable(distribution):
+    if callable(distribution) or isinstance(distribution, GlobalSelection):
         return distribution
     if not isinstance(distribution, str):
         raise TypeError(
             f"`distribution` must be a name or a callable, got {type(distribution).__name__}."
         )
     if distribution == "global":
-        return "global"
+        return GLOBAL
     if distribution not in _BY_NAME:
         raise ValueError(
             f"unknown distribution {distribution!r}; valid names are "

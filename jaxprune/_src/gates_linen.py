@@ -285,7 +285,7 @@ def slimming_labels(variables: Any, *, include_gates: bool = True) -> Any:
 
     Returns:
       A tree of Python bools with the structure of ``variables["params"]`` (usable as the
-      ``mask`` of :func:`jaxprune.add_l1` or as ``slimming_select``).
+      ``prunable`` of :func:`jaxprune.add_l1` or as ``slimming_prunable``).
 
     Raises:
       ValueError: If ``variables`` has no ``params`` collection, or no ``batch_stats`` while

@@ -1,6 +1,6 @@
 """Pruning granularity as data: which axes of a parameter a mask keeps.
 
-A mask's shape *is* its granularity (DESIGN.md): for a conv kernel ``(kh, kw, cin, cout)`` a
+A mask's shape *is* its granularity: for a conv kernel ``(kh, kw, cin, cout)`` a
 filter mask has shape ``(1, 1, 1, cout)``, an input-channel mask ``(1, 1, cin, 1)``, an SSL
 filter-shape mask ``(kh, kw, cin, 1)``, a connection (Changpinyo) mask ``(1, 1, cin, cout)``, a
 layer mask ``(1, 1, 1, 1)``, and unstructured and N:M masks the full shape. A
@@ -88,7 +88,18 @@ class Granularity:
         return tuple(d if a in kept else 1 for a, d in enumerate(shape))
 
 
-def _resolve(g: Any) -> Granularity:
+def resolve(g: Any) -> Granularity:
+    """The :class:`Granularity` that ``g`` (a granularity or its name) stands for.
+
+    Args:
+      g: A :class:`Granularity` or one of the names of the predefined ones.
+
+    Returns:
+      The granularity.
+
+    Raises:
+      TypeError: If ``g`` is neither (the valid names are listed).
+    """
     if isinstance(g, Granularity):
         return g
     if isinstance(g, str) and g in _BY_NAME:
@@ -96,6 +107,22 @@ def _resolve(g: Any) -> Granularity:
     raise TypeError(
         f"granularity must be a jaxprune.Granularity or one of {sorted(_BY_NAME)}, got {g!r}."
     )
+
+
+def single(granularity: Any) -> Granularity | None:
+    """The granularity ``granularity`` names, or ``None`` when it is a prefix tree of them.
+
+    The one place that tells the two forms of a ``granularity=`` argument apart.
+
+    Args:
+      granularity: A :class:`Granularity`, its name, or a prefix tree of them.
+
+    Returns:
+      The resolved granularity, or ``None`` for a tree.
+    """
+    if isinstance(granularity, (Granularity, str)):
+        return resolve(granularity)
+    return None
 
 
 UNSTRUCTURED = Granularity("unstructured", reduce=(), min_ndim=0)
@@ -163,7 +190,7 @@ def reduce_scores(
       An array shaped ``granularity.mask_shape(scores.shape)`` (float32 for low-precision
       inputs, so that reductions do not lose precision).
     """
-    g = _resolve(granularity)
+    g = resolve(granularity)
     g.check(scores.shape, path)
     if jnp.issubdtype(scores.dtype, jnp.floating) and jnp.finfo(scores.dtype).bits < 32:
         scores = scores.astype(jnp.float32)
@@ -190,8 +217,8 @@ def reduce_scores(
 
 def resolve_granularity_tree(granularity: Any, params: base.Params) -> Any:
     """Broadcasts a granularity (or a prefix tree of them, ``None`` = not pruned) to params."""
-    if isinstance(granularity, (Granularity, str)):
-        g = _resolve(granularity)
+    g = single(granularity)
+    if g is not None:
         return base.map_prunable(lambda _: g, params)
     tree = base.broadcast_prefix(granularity, params, "granularity")
-    return base.map_prunable(lambda _, g: _resolve(g), params, tree)
+    return base.map_prunable(lambda _, g: resolve(g), params, tree)

@@ -1,7 +1,8 @@
 """Sparsity-inducing penalties as optax transformations.
 
-Two families, which go to different places of an ``optax.chain`` (DESIGN.md, "The optax
-contract"):
+Two families, which go to different places of an ``optax.chain`` (see
+``docs/guides/chain_order.md``); every transform follows optax's pattern, a factory, an
+``init_fn``, an ``update_fn`` and a ``NamedTuple`` state (``docs/guides/architecture_optax.md``):
 
 * **Coupled** terms -- :func:`add_l1`, :func:`add_group_lasso`, :func:`add_gate_penalty` --
   add the (sub)gradient of a penalty to the incoming gradients, exactly as if the penalty were
@@ -19,14 +20,16 @@ contract"):
 
 Every strength (and learning rate) is an ``optax.ScalarOrSchedule``: a schedule is read from
 the ``count`` of the transform's state (a ``NamedTuple`` named after the transform), so
-changing a strength never recompiles. Leaf selections (``mask``) are bool trees matched to
+changing a strength never recompiles. Leaf selections (``prunable``) are bool trees matched to
 the parameters by path (a prefix is enough, and a plain dict fits an NNX ``State``), or
 callables ``params -> tree``. With ``optax.inject_hyperparams`` pass the selection arguments
-(``mask``, ``groups``, ``kind``, ``weighting``, ``weight``) in ``static_args``.
+(``prunable``, ``groups``, ``kind``, ``weighting``, ``weight``) in ``static_args``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -162,7 +165,7 @@ def _stepped(u: jax.Array, p: jax.Array) -> jax.Array:
 # L1.
 
 
-def add_l1(strength: optax.ScalarOrSchedule, mask: Any = None) -> optax.GradientTransformation:
+def add_l1(strength: optax.ScalarOrSchedule, prunable: Any = None) -> optax.GradientTransformation:
     """Adds ``strength * sign(params)``, the subgradient of ``strength * sum |w|``.
 
     Coupled: place it **before** the optimizer. On the normalization scales (or channel
@@ -172,7 +175,7 @@ def add_l1(strength: optax.ScalarOrSchedule, mask: Any = None) -> optax.Gradient
 
     Args:
       strength: Penalty coefficient ``lam``, or a schedule ``count -> lam``.
-      mask: Leaves to penalize: a bool tree (or prefix, matched by path) or a callable
+      prunable: Leaves to penalize: a bool tree (or prefix, matched by path) or a callable
         ``params -> tree``. ``None`` penalizes every floating-point leaf. For slimming pass
         :func:`jaxprune.scale_labels`, :func:`jaxprune.linen.slimming_labels` or
         :func:`jaxprune.nnx.slimming_labels`.
@@ -182,16 +185,16 @@ def add_l1(strength: optax.ScalarOrSchedule, mask: Any = None) -> optax.Gradient
       ``params``.
 
     Raises:
-      ValueError: For a negative strength or a mask that does not fit the params (naming the
-        path).
-      TypeError: If the mask selects a non-float leaf or holds a non-bool.
+      ValueError: For a negative strength or a ``prunable`` selection that does not fit the
+        params (naming the path).
+      TypeError: If ``prunable`` selects a non-float leaf or holds a non-bool.
 
     Example:
       >>> import jax.numpy as jnp
       >>> import optax
       >>> import jaxprune
       >>> params = {"bn": {"scale": jnp.array([0.5, -0.1])}, "w": jnp.ones(2)}
-      >>> tx = jaxprune.add_l1(1e-2, mask=jaxprune.scale_labels)
+      >>> tx = jaxprune.add_l1(1e-2, prunable=jaxprune.scale_labels)
       >>> grads = {"bn": {"scale": jnp.zeros(2)}, "w": jnp.zeros(2)}
       >>> updates, _ = tx.update(grads, tx.init(params), params)
       >>> updates["bn"]["scale"], updates["w"]
@@ -204,12 +207,12 @@ def add_l1(strength: optax.ScalarOrSchedule, mask: Any = None) -> optax.Gradient
     _check_strength(strength, "strength")
 
     def init_fn(params):
-        _resolve_flags(mask, params, "mask", _all_float)
+        _resolve_flags(prunable, params, "prunable", _all_float)
         return AddL1State(count=_zero_count())
 
     def update_fn(updates, state, params=None):
         _check_params(params, updates)
-        flags = _resolve_flags(mask, params, "mask", _all_float)
+        flags = _resolve_flags(prunable, params, "prunable", _all_float)
         s = _value(strength, state.count)
 
         def one(path, u, p):
@@ -224,7 +227,7 @@ def add_l1(strength: optax.ScalarOrSchedule, mask: Any = None) -> optax.Gradient
 def prox_l1(
     strength: optax.ScalarOrSchedule,
     learning_rate: optax.ScalarOrSchedule,
-    mask: Any = None,
+    prunable: Any = None,
 ) -> optax.GradientTransformation:
     """Proximal step of ``strength * sum |w|``: soft-thresholding by ``learning_rate * strength``.
 
@@ -238,14 +241,15 @@ def prox_l1(
     Args:
       strength: Penalty coefficient, or a schedule.
       learning_rate: Step size, or a schedule (the optimizer's).
-      mask: Leaves to shrink, as in :func:`add_l1`; ``None`` = every float leaf.
+      prunable: Leaves to shrink, as in :func:`add_l1`; ``None`` = every float leaf.
 
     Returns:
       An ``optax.GradientTransformation`` with a :class:`ProxL1State`; ``update`` needs
       ``params``.
 
     Raises:
-      ValueError: For a negative strength or learning rate, or a mask that does not fit.
+      ValueError: For a negative strength or learning rate, or a ``prunable`` selection that
+        does not fit.
 
     Example:
       >>> import jax.numpy as jnp
@@ -265,12 +269,12 @@ def prox_l1(
     _check_strength(learning_rate, "learning_rate")
 
     def init_fn(params):
-        _resolve_flags(mask, params, "mask", _all_float)
+        _resolve_flags(prunable, params, "prunable", _all_float)
         return ProxL1State(count=_zero_count())
 
     def update_fn(updates, state, params=None):
         _check_params(params, updates)
-        flags = _resolve_flags(mask, params, "mask", _all_float)
+        flags = _resolve_flags(prunable, params, "prunable", _all_float)
         t = _value(learning_rate, state.count) * _value(strength, state.count)
 
         def one(path, u, p):
@@ -288,29 +292,137 @@ def prox_l1(
 # Group lasso.
 
 
-def _is_group_list(groups: Any) -> bool:
-    return isinstance(groups, (list, tuple)) and all(
-        isinstance(g, groups_lib.Group) for g in groups
-    )
+@dataclasses.dataclass(frozen=True)
+class ExplicitGroups:
+    """A group lasso over explicit :class:`jaxprune.Group` s (every channel is one group)."""
+
+    groups: tuple[groups_lib.Group, ...]
+
+    def check(self, params: base.Params, disjoint: str | None = None) -> None:
+        """Validates the groups against ``params`` (and that they are disjoint if named)."""
+        if disjoint is None:
+            groups_lib.check_groups(self.groups, params)
+        else:
+            groups_lib.check_disjoint(self.groups, params, disjoint)
+
+    def per_group(
+        self, x: base.Params, params: base.Params, weighting: Callable, f: Callable, **expand
+    ) -> dict:
+        """``{path: f(norm, w_g)}`` for the groups' leaves, broadcastable to them.
+
+        ``norm`` is each channel's Euclidean norm in ``x`` (params-shaped) and ``w_g`` its
+        weight; the per-channel values are expanded onto the members with ``expand``
+        (``fill``, ``combine``) as :func:`jaxprune.groups_lib.expand_group_values` does.
+        """
+        norms = groups_lib.group_norms(x, self.groups)
+        sizes = _entries_per_channel(self.groups, params)
+        values = {g.name: f(norms[g.name], weighting(sizes[g.name])) for g in self.groups}
+        return groups_lib.expand_group_values(values, self.groups, params, **expand)
 
 
-def _check_weighting(weighting: Any) -> None:
-    if weighting in ("none", "sqrt_size") or callable(weighting):
-        return
-    raise ValueError(
-        f"`weighting` must be 'none', 'sqrt_size' or a callable size -> weight, got {weighting!r}."
-    )
+@dataclasses.dataclass(frozen=True)
+class GranularityGroups:
+    """A group lasso whose groups are the units of a granularity on the ``prunable`` leaves."""
+
+    granularity: Any  # a Granularity, its name, or a prefix tree of them
+    prunable: Any  # leaf selector (bool tree, prefix or callable); None = rank >= 2
+
+    def leaves(self, params: base.Params) -> list[tuple[str, jax.Array, tuple[int, ...]]]:
+        """``(path, leaf, reduced axes)`` for every penalized leaf of ``params``."""
+        flags = _resolve_flags(self.prunable, params, "prunable", _default_kernels)
+        grans = _granularity_tree(self.granularity, params, flags)
+        return [
+            (path, p, _reduced_axes(g, tuple(p.shape), path))
+            for (path, p), (_, g) in zip(
+                base.leaves_with_paths(params), base.leaves_with_paths(grans), strict=True
+            )
+            if p is not None and g is not None
+        ]
+
+    def check(self, params: base.Params, disjoint: str | None = None) -> None:
+        """Validates the selection and the granularities against ``params``."""
+        del disjoint  # the units of one granularity never overlap
+        self.leaves(params)
+
+    def per_group(
+        self, x: base.Params, params: base.Params, weighting: Callable, f: Callable, **expand
+    ) -> dict:
+        """``{path: f(norm, w_g)}`` per penalized leaf, one entry per unit (keepdims)."""
+        del expand  # every unit lies in one leaf
+        xs = dict(base.leaves_with_paths(x))
+        out = {}
+        for path, p, axes in self.leaves(params):
+            size = int(np.prod([p.shape[a] for a in axes], dtype=np.int64))
+            norm = jnp.sqrt(jnp.sum(jnp.square(_f32(xs[path])), axis=axes, keepdims=True))
+            out[path] = f(norm, weighting(size))
+        return out
 
 
-def _weight(weighting: Any, size: int) -> float:
-    if weighting == "none":
-        return 1.0
-    if weighting == "sqrt_size":
-        return math.sqrt(size)
-    w = float(weighting(size))
-    if not (math.isfinite(w) and w >= 0):
-        raise ValueError(f"`weighting({size})` returned {w}; weights must be finite and >= 0.")
-    return w
+GroupSpec = ExplicitGroups | GranularityGroups
+
+
+def group_spec(groups: Any, prunable: Any = None, name: str = "groups") -> GroupSpec:
+    """Normalizes a ``groups=`` argument (explicit groups or a granularity) once.
+
+    Args:
+      groups: A non-empty sequence of :class:`jaxprune.Group`, or a granularity (a
+        :class:`jaxprune.Granularity`, its name, or a prefix tree of them).
+      prunable: With a granularity: the leaves to penalize (default: rank >= 2).
+      name: The argument's name, for error messages.
+
+    Returns:
+      An :class:`ExplicitGroups` or a :class:`GranularityGroups`.
+
+    Raises:
+      TypeError: If ``groups`` is missing or mixes groups with other values.
+      ValueError: For an empty list of groups, or ``prunable`` with explicit groups.
+    """
+    if isinstance(groups, (ExplicitGroups, GranularityGroups)):
+        if prunable is not None:
+            raise ValueError(f"`{name}` is already a group spec; pass `prunable` to it.")
+        return groups
+    seq = isinstance(groups, (list, tuple))
+    if seq and groups and all(isinstance(g, groups_lib.Group) for g in groups):
+        if prunable is not None:
+            raise ValueError(
+                "`prunable` applies to a granularity; explicit groups name their leaves."
+            )
+        return ExplicitGroups(tuple(groups))
+    if seq and not groups:
+        raise ValueError(f"`{name}` is an empty list of groups.")
+    if seq and any(isinstance(g, groups_lib.Group) for g in groups):
+        raise TypeError(f"`{name}` mixes jaxprune.Group objects with other values.")
+    if groups is None:
+        raise TypeError(
+            f"`{name}` is required: a sequence of jaxprune.Group or a granularity (e.g. "
+            "jaxprune.FILTER) or a prefix tree of granularities."
+        )
+    return GranularityGroups(groups, prunable)
+
+
+def _weighting_fn(weighting: Any) -> Callable[[int], float]:
+    """Normalizes ``weighting=`` (a name or a callable) to a checked ``size -> w_g``."""
+    if isinstance(weighting, str) and weighting in _WEIGHTINGS:
+        return _WEIGHTINGS[weighting]
+    if isinstance(weighting, str) or not callable(weighting):
+        raise ValueError(
+            "`weighting` must be 'none', 'sqrt_size' or a callable size -> weight, got "
+            f"{weighting!r}."
+        )
+
+    def checked(size: int) -> float:
+        w = float(weighting(size))
+        if not (math.isfinite(w) and w >= 0):
+            raise ValueError(f"`weighting({size})` returned {w}; weights must be finite and >= 0.")
+        return w
+
+    return checked
+
+
+_WEIGHTINGS: dict[str, Callable[[int], float]] = {
+    "none": lambda size: 1.0,
+    "sqrt_size": math.sqrt,
+}
 
 
 def _granularity_tree(groups: Any, params: base.Params, flags: Any) -> Any:
@@ -345,26 +457,11 @@ def _entries_per_channel(groups: Sequence[groups_lib.Group], params: base.Params
     return out
 
 
-def _group_spec(groups: Any, name: str = "groups") -> str:
-    if _is_group_list(groups):
-        if not groups:
-            raise ValueError(f"`{name}` is an empty list of groups.")
-        return "groups"
-    if isinstance(groups, (list, tuple)) and any(isinstance(g, groups_lib.Group) for g in groups):
-        raise TypeError(f"`{name}` mixes jaxprune.Group objects with other values.")
-    if groups is None:
-        raise TypeError(
-            f"`{name}` is required: a sequence of jaxprune.Group or a granularity (e.g. "
-            "jaxprune.FILTER) or a prefix tree of granularities."
-        )
-    return "granularity"
-
-
 def add_group_lasso(
     strength: optax.ScalarOrSchedule,
     groups: Any,
     *,
-    mask: Any = None,
+    prunable: Any = None,
     weighting: Any = "none",
 ) -> optax.GradientTransformation:
     """Adds the subgradient of the group lasso ``strength * sum_g w_g ||W_g||_2``.
@@ -381,7 +478,7 @@ def add_group_lasso(
       input channel; every channel ``c`` of a group is one lasso group ``W_c`` over all its
       members; or
     * a :class:`jaxprune.Granularity` (or its name, or a prefix tree of them with ``None``
-      for leaves without penalty) applied to the leaves ``mask`` selects: each mask entry of
+      for leaves without penalty) applied to the leaves ``prunable`` selects: each mask entry of
       the granularity is one group. SSL's group types on a conv kernel ``(kh, kw, cin, cout)``
       are ``FILTER`` (filter-wise), ``INPUT_CHANNEL`` (channel-wise), ``FILTER_SHAPE``
       (shape-wise, which is also Lebedev & Lempitsky's group ``W[i, j, s, :]``) and
@@ -395,7 +492,7 @@ def add_group_lasso(
     Args:
       strength: Coefficient ``lam_g``, or a schedule ``count -> lam_g``.
       groups: Group specs or a granularity, see above.
-      mask: With a granularity: leaves to penalize (bool tree, prefix or callable). Default:
+      prunable: With a granularity: leaves to penalize (bool tree, prefix or callable). Default:
         leaves of rank >= 2 (kernels). Not allowed with explicit groups.
       weighting: ``"none"``, ``"sqrt_size"`` or a callable.
 
@@ -424,65 +521,26 @@ def add_group_lasso(
       with grouped variables", JRSS-B 2006.
     """
     _check_strength(strength, "strength")
-    _check_weighting(weighting)
-    kind = _group_spec(groups)
-    if kind == "groups":
-        groups = tuple(groups)
-        if mask is not None:
-            raise ValueError("`mask` applies to a granularity; explicit groups name their leaves.")
+    weighting = _weighting_fn(weighting)
+    spec = group_spec(groups, prunable)
 
-    def coefficients(params, s):
-        """Per-leaf arrays ``c`` (broadcastable) with gradient ``c * w``; absent = no term."""
-        if kind == "groups":
-            norms = groups_lib.group_norms(params, groups)
-            sizes = _entries_per_channel(groups, params)
-            coef = {}
-            for g in groups:
-                n = norms[g.name]
-                w = _weight(weighting, sizes[g.name])
-                nz = n > 0
-                coef[g.name] = jnp.where(nz, s * w / jnp.where(nz, n, 1.0), 0.0)
-            return groups_lib.expand_group_values(coef, groups, params, fill=0.0, combine="add")
-        flags = _resolve_flags(mask, params, "mask", _default_kernels)
-        grans = _granularity_tree(groups, params, flags)
-        out = {}
-        for (path, p), (_, g) in zip(
-            base.leaves_with_paths(params), base.leaves_with_paths(grans), strict=True
-        ):
-            if p is None or g is None:
-                continue
-            shape = tuple(p.shape)
-            axes = _reduced_axes(g, shape, path)
-            size = int(np.prod([shape[a] for a in axes], dtype=np.int64))
-            w = _weight(weighting, size)
-            sq = jnp.sum(jnp.square(_f32(p)), axis=axes, keepdims=True)
-            nz = sq > 0
-            out[path] = jnp.where(nz, s * w / jnp.sqrt(jnp.where(nz, sq, 1.0)), 0.0)
-        return out
+    def coefficient(norm, w, s):  # gradient of s * w * ||W_g|| is coefficient * W
+        nz = norm > 0
+        return jnp.where(nz, s * w / jnp.where(nz, norm, 1.0), 0.0)
 
     def init_fn(params):
-        if kind == "groups":
-            groups_lib.check_groups(groups, params)
-        else:
-            flags = _resolve_flags(mask, params, "mask", _default_kernels)
-            grans = _granularity_tree(groups, params, flags)
-            for (path, p), (_, g) in zip(
-                base.leaves_with_paths(params), base.leaves_with_paths(grans), strict=True
-            ):
-                if p is not None and g is not None:
-                    _reduced_axes(g, tuple(p.shape), path)
+        spec.check(params)
         return AddGroupLassoState(count=_zero_count())
 
     def update_fn(updates, state, params=None):
         _check_params(params, updates)
         s = _value(strength, state.count)
-        coef = coefficients(params, s)
+        f = functools.partial(coefficient, s=s)
+        coef = spec.per_group(params, params, weighting, f, fill=0.0, combine="add")
 
         def one(path, u, p):
             c = coef.get(path)
-            if c is None:
-                return u
-            return (_f32(u) + c * _f32(p)).astype(u.dtype)
+            return u if c is None else (_f32(u) + c * _f32(p)).astype(u.dtype)
 
         updates = base.map_with_path(one, updates, params)
         return updates, AddGroupLassoState(count=optax.safe_increment(state.count))
@@ -499,7 +557,7 @@ def prox_group_lasso(
     learning_rate: optax.ScalarOrSchedule,
     groups: Any,
     *,
-    mask: Any = None,
+    prunable: Any = None,
     weighting: Any = "none",
 ) -> optax.GradientTransformation:
     """Proximal step of the group lasso: block soft-thresholding by ``learning_rate * strength``.
@@ -518,7 +576,7 @@ def prox_group_lasso(
       strength: Coefficient, or a schedule.
       learning_rate: Step size, or a schedule (the optimizer's).
       groups: Group specs or a granularity.
-      mask: With a granularity: leaves to shrink (default: rank >= 2).
+      prunable: With a granularity: leaves to shrink (default: rank >= 2).
       weighting: ``"none"``, ``"sqrt_size"`` or a callable.
 
     Returns:
@@ -545,63 +603,28 @@ def prox_group_lasso(
     """
     _check_strength(strength, "strength")
     _check_strength(learning_rate, "learning_rate")
-    _check_weighting(weighting)
-    kind = _group_spec(groups)
-    if kind == "groups":
-        groups = tuple(groups)
-        if mask is not None:
-            raise ValueError("`mask` applies to a granularity; explicit groups name their leaves.")
+    weighting = _weighting_fn(weighting)
+    spec = group_spec(groups, prunable)
+
+    def factor(norm, w, t):  # block soft-thresholding of a group with norm ``norm``
+        tw = t * w
+        return jnp.where(norm > tw, 1.0 - tw / jnp.where(norm > 0, norm, 1.0), 0.0)
 
     def init_fn(params):
-        if kind == "groups":
-            groups_lib.check_disjoint(groups, params, "prox_group_lasso")
-        else:
-            flags = _resolve_flags(mask, params, "mask", _default_kernels)
-            grans = _granularity_tree(groups, params, flags)
-            for (path, p), (_, g) in zip(
-                base.leaves_with_paths(params), base.leaves_with_paths(grans), strict=True
-            ):
-                if p is not None and g is not None:
-                    _reduced_axes(g, tuple(p.shape), path)
+        spec.check(params, disjoint="prox_group_lasso")
         return ProxGroupLassoState(count=_zero_count())
 
     def update_fn(updates, state, params=None):
         _check_params(params, updates)
         t = _value(learning_rate, state.count) * _value(strength, state.count)
         x = base.map_prunable(lambda u, p: _stepped(u, p), updates, params)
-        if kind == "groups":
-            groups_lib.check_disjoint(groups, params, "prox_group_lasso")
-            norms = groups_lib.group_norms(x, groups)
-            sizes = _entries_per_channel(groups, params)
-            factor = {}
-            for g in groups:
-                n = norms[g.name]
-                tw = t * _weight(weighting, sizes[g.name])
-                factor[g.name] = jnp.where(n > tw, 1.0 - tw / jnp.where(n > 0, n, 1.0), 0.0)
-            factors = groups_lib.expand_group_values(
-                factor, groups, params, fill=1.0, combine="mul"
-            )
-        else:
-            flags = _resolve_flags(mask, params, "mask", _default_kernels)
-            grans = _granularity_tree(groups, params, flags)
-            factors = {}
-            for (path, xv), (_, g) in zip(
-                base.leaves_with_paths(x), base.leaves_with_paths(grans), strict=True
-            ):
-                if xv is None or g is None:
-                    continue
-                shape = tuple(xv.shape)
-                axes = _reduced_axes(g, shape, path)
-                size = int(np.prod([shape[a] for a in axes], dtype=np.int64))
-                tw = t * _weight(weighting, size)
-                n = jnp.sqrt(jnp.sum(jnp.square(xv), axis=axes, keepdims=True))
-                factors[path] = jnp.where(n > tw, 1.0 - tw / jnp.where(n > 0, n, 1.0), 0.0)
+        spec.check(params, disjoint="prox_group_lasso")
+        f = functools.partial(factor, t=t)
+        factors = spec.per_group(x, params, weighting, f, fill=1.0, combine="mul")
 
         def one(path, u, p, xv):
             f = factors.get(path)
-            if f is None:
-                return u
-            return _new_update(xv * f, p, u)
+            return u if f is None else _new_update(xv * f, p, u)
 
         updates = base.map_with_path(one, updates, params, x)
         return updates, ProxGroupLassoState(count=optax.safe_increment(state.count))
@@ -614,7 +637,7 @@ def prox_group_lasso(
 
 
 def zero_small(
-    threshold: optax.ScalarOrSchedule = 1e-4, mask: Any = None
+    threshold: optax.ScalarOrSchedule = 1e-4, prunable: Any = None
 ) -> optax.GradientTransformation:
     """Sets weights with ``|params + update| < threshold`` to exactly zero after the update.
 
@@ -624,13 +647,13 @@ def zero_small(
 
     Args:
       threshold: The magnitude below which weights become zero, or a schedule.
-      mask: Leaves to zero (bool tree, prefix or callable); ``None`` = every float leaf.
+      prunable: Leaves to zero (bool tree, prefix or callable); ``None`` = every float leaf.
 
     Returns:
       An ``optax.GradientTransformation`` with a :class:`ZeroSmallState`.
 
     Raises:
-      ValueError: For a negative threshold or a mask that does not fit.
+      ValueError: For a negative threshold or a ``prunable`` selection that does not fit.
 
     Example:
       >>> import jax.numpy as jnp
@@ -649,12 +672,12 @@ def zero_small(
     _check_strength(threshold, "threshold")
 
     def init_fn(params):
-        _resolve_flags(mask, params, "mask", _all_float)
+        _resolve_flags(prunable, params, "prunable", _all_float)
         return ZeroSmallState(count=_zero_count())
 
     def update_fn(updates, state, params=None):
         _check_params(params, updates)
-        flags = _resolve_flags(mask, params, "mask", _all_float)
+        flags = _resolve_flags(prunable, params, "prunable", _all_float)
         t = _value(threshold, state.count)
 
         def one(path, u, p):
@@ -706,9 +729,9 @@ def _weights_tree(weight: Any, params: base.Params) -> Any:
     return tree
 
 
-def _check_gate_selection(mask: Any, kind: Any, weight: Any, params: base.Params) -> None:
+def _check_gate_selection(prunable: Any, kind: Any, weight: Any, params: base.Params) -> None:
     """Validates a gate transform's leaf selection, gate kinds and weights at ``init``."""
-    flags = _resolve_flags(mask, params, "mask", _gate_labels_default)
+    flags = _resolve_flags(prunable, params, "prunable", _gate_labels_default)
     for path, f in base.leaves_with_paths(flags):
         if f:
             _gate_kind(path, kind)
@@ -717,7 +740,7 @@ def _check_gate_selection(mask: Any, kind: Any, weight: Any, params: base.Params
 
 def add_gate_penalty(
     strength: optax.ScalarOrSchedule,
-    mask: Any = None,
+    prunable: Any = None,
     *,
     kind: str = "auto",
     bimodal: optax.ScalarOrSchedule = 0.0,
@@ -745,7 +768,7 @@ def add_gate_penalty(
 
     Args:
       strength: Penalty coefficient, or a schedule.
-      mask: Gate leaves (bool tree, prefix or callable). Default: every leaf named
+      prunable: Gate leaves (bool tree, prefix or callable). Default: every leaf named
         ``l0_log_alpha`` or ``bernoulli_gate`` (the parameters of jaxprune's gate layers).
       kind: ``"auto"`` (from the leaf name), ``"hard_concrete"`` or ``"bernoulli"``.
       bimodal: Coefficient of Srinivas's ``g (1 - g)`` term, or a schedule.
@@ -782,12 +805,12 @@ def add_gate_penalty(
     shift = beta * math.log(-gamma / zeta)
 
     def init_fn(params):
-        _check_gate_selection(mask, kind, weight, params)
+        _check_gate_selection(prunable, kind, weight, params)
         return AddGatePenaltyState(count=_zero_count())
 
     def update_fn(updates, state, params=None):
         _check_params(params, updates)
-        flags = _resolve_flags(mask, params, "mask", _gate_labels_default)
+        flags = _resolve_flags(prunable, params, "prunable", _gate_labels_default)
         weights = _weights_tree(weight, params)
         s = _value(strength, state.count)
         b = _value(bimodal, state.count)
@@ -816,7 +839,7 @@ def _check_bounds(bounds: Any, name: str) -> tuple[float, float]:
 
 
 def clip_gates(
-    mask: Any = None,
+    prunable: Any = None,
     *,
     kind: str = "auto",
     log_alpha_bounds: tuple[float, float] = gates_math.LOG_ALPHA_BOUNDS,
@@ -829,7 +852,7 @@ def clip_gates(
     optimizer (before :func:`jaxprune.optax_sparsity`).
 
     Args:
-      mask: Gate leaves (default: leaves named ``l0_log_alpha`` or ``bernoulli_gate``).
+      prunable: Gate leaves (default: leaves named ``l0_log_alpha`` or ``bernoulli_gate``).
       kind: ``"auto"``, ``"hard_concrete"`` or ``"bernoulli"``.
       log_alpha_bounds: ``(low, high)`` for hard-concrete gates.
       gate_bounds: ``(low, high)`` for Bernoulli gates.
@@ -855,7 +878,7 @@ def clip_gates(
     g_lo, g_hi = _check_bounds(gate_bounds, "gate_bounds")
 
     def init_fn(params):
-        flags = _resolve_flags(mask, params, "mask", _gate_labels_default)
+        flags = _resolve_flags(prunable, params, "prunable", _gate_labels_default)
         for path, f in base.leaves_with_paths(flags):
             if f:
                 _gate_kind(path, kind)
@@ -863,7 +886,7 @@ def clip_gates(
 
     def update_fn(updates, state, params=None):
         _check_params(params, updates)
-        flags = _resolve_flags(mask, params, "mask", _gate_labels_default)
+        flags = _resolve_flags(prunable, params, "prunable", _gate_labels_default)
 
         def one(path, u, p):
             lo, hi = (la_lo, la_hi) if _gate_kind(path, kind) == "hard_concrete" else (g_lo, g_hi)
@@ -877,7 +900,7 @@ def clip_gates(
 def prox_gates(
     strength: optax.ScalarOrSchedule,
     learning_rate: optax.ScalarOrSchedule,
-    mask: Any = None,
+    prunable: Any = None,
     *,
     kind: str = "auto",
     bimodal: optax.ScalarOrSchedule = 0.0,
@@ -905,7 +928,7 @@ def prox_gates(
     Args:
       strength: Penalty coefficient, or a schedule.
       learning_rate: Step size, or a schedule (the optimizer's).
-      mask: Gate leaves (default: leaves named ``l0_log_alpha`` or ``bernoulli_gate``).
+      prunable: Gate leaves (default: leaves named ``l0_log_alpha`` or ``bernoulli_gate``).
       kind: ``"auto"``, ``"hard_concrete"`` or ``"bernoulli"``.
       bimodal: Coefficient of Srinivas's ``g (1 - g)`` term.
       weight: Per-leaf weights (a number or prefix tree).
@@ -944,12 +967,12 @@ def prox_gates(
     shift = beta * math.log(-gamma / zeta)
 
     def init_fn(params):
-        _check_gate_selection(mask, kind, weight, params)
+        _check_gate_selection(prunable, kind, weight, params)
         return ProxGatesState(count=_zero_count())
 
     def update_fn(updates, state, params=None):
         _check_params(params, updates)
-        flags = _resolve_flags(mask, params, "mask", _gate_labels_default)
+        flags = _resolve_flags(prunable, params, "prunable", _gate_labels_default)
         weights = _weights_tree(weight, params)
         eta = _value(learning_rate, state.count)
         s = _value(strength, state.count)
@@ -977,36 +1000,45 @@ def prox_gates(
 # The penalty keywords of optax_sparsity.
 
 
-def sparsity_penalties(
+def proximal_penalties(
+    learning_rate: Any,
+    prunable: Any,
+    granularity: Any,
+    group_lasso_groups: Any = None,
+    slimming_prunable: Any = None,
     *,
     l1: Any = None,
     group_lasso: Any = None,
     slimming: Any = None,
     gates: Any = None,
-    learning_rate: Any = None,
-    prunable: Any,
-    granularity: Any,
-    group_lasso_groups: Any = None,
-    slimming_select: Any = None,
-) -> list[tuple[optax.GradientTransformation, type]]:
-    """The proximal transforms behind ``optax_sparsity``'s penalty keywords, in order.
+) -> list[optax.GradientTransformation]:
+    """The proximal transforms behind ``optax_sparsity``'s penalty keywords, in chain order.
 
-    Returns ``(transform, state type)`` pairs; every state type has the single field
-    ``count``.
-
-    Order: ``l1`` (:func:`prox_l1` on the prunable leaves), ``group_lasso``
+    Order: ``l1`` (:func:`prox_l1` on the ``prunable`` leaves), ``group_lasso``
     (:func:`prox_group_lasso` over ``group_lasso_groups`` or the ``granularity`` units of the
-    prunable leaves), ``slimming`` (:func:`prox_l1` on ``slimming_select``, default
-    :func:`jaxprune.scale_labels`), ``gates`` (:func:`prox_gates`). ``optax_sparsity`` applies
-    them with its own step count, which makes it identical to
-    ``optax.chain(*sparsity_penalties(...), optax_sparsity(...))``.
+    ``prunable`` leaves), ``slimming`` (:func:`prox_l1` on ``slimming_prunable``, default
+    :func:`jaxprune.scale_labels`), ``gates`` (:func:`prox_gates`). ``optax_sparsity`` is
+    ``optax.chain(*proximal_penalties(...), <its masking transform>)``.
+
+    Args:
+      learning_rate: The optimizer's step size; required with any strength.
+      prunable: The leaves ``l1`` and a granularity ``group_lasso`` apply to.
+      granularity: The groups of ``group_lasso`` when ``group_lasso_groups`` is not given.
+      group_lasso_groups: Explicit :class:`jaxprune.Group` list for ``group_lasso``.
+      slimming_prunable: The scale leaves of ``slimming``.
+      l1: Strength (or schedule) of :func:`prox_l1` on ``prunable``, or ``None``.
+      group_lasso: Strength (or schedule) of :func:`prox_group_lasso`, or ``None``.
+      slimming: Strength (or schedule) of :func:`prox_l1` on ``slimming_prunable``.
+      gates: Strength (or schedule) of :func:`prox_gates`, or ``None``.
+
+    Returns:
+      The transforms (an empty list when no strength is given).
+
+    Raises:
+      ValueError: For a missing or unused ``learning_rate``, or a selection keyword without
+        its strength.
     """
-    given = {
-        "l1": l1,
-        "group_lasso": group_lasso,
-        "slimming": slimming,
-        "gates": gates,
-    }
+    given = {"l1": l1, "group_lasso": group_lasso, "slimming": slimming, "gates": gates}
     used = [k for k, v in given.items() if v is not None]
     if not used:
         if learning_rate is not None:
@@ -1014,9 +1046,9 @@ def sparsity_penalties(
                 "`learning_rate` is only used by the penalty keywords (l1=, group_lasso=, "
                 "slimming=, gates=); none was given."
             )
-        if group_lasso_groups is not None or slimming_select is not None:
+        if group_lasso_groups is not None or slimming_prunable is not None:
             raise ValueError(
-                "`group_lasso_groups` / `slimming_select` need `group_lasso=` / `slimming=`."
+                "`group_lasso_groups` / `slimming_prunable` need `group_lasso=` / `slimming=`."
             )
         return []
     if learning_rate is None:
@@ -1027,35 +1059,25 @@ def sparsity_penalties(
         )
     if group_lasso_groups is not None and group_lasso is None:
         raise ValueError("`group_lasso_groups` needs `group_lasso=`.")
-    if slimming_select is not None and slimming is None:
-        raise ValueError("`slimming_select` needs `slimming=`.")
+    if slimming_prunable is not None and slimming is None:
+        raise ValueError("`slimming_prunable` needs `slimming=`.")
     out = []
     if l1 is not None:
-        out.append((prox_l1(l1, learning_rate, mask=prunable), ProxL1State))
+        out.append(prox_l1(l1, learning_rate, prunable=prunable))
     if group_lasso is not None:
         if group_lasso_groups is not None:
-            out.append(
-                (
-                    prox_group_lasso(group_lasso, learning_rate, list(group_lasso_groups)),
-                    ProxGroupLassoState,
-                )
-            )
+            spec = group_spec(list(group_lasso_groups), name="group_lasso_groups")
         else:
-            if isinstance(granularity, (gran_lib.Granularity, str)) and (
-                gran_lib._resolve(granularity).is_n_of_m
-            ):
+            g = gran_lib.single(granularity)
+            if g is not None and g.is_n_of_m:
                 raise ValueError(
                     "`group_lasso=` with an N:M granularity: pass `group_lasso_groups=`."
                 )
-            out.append(
-                (
-                    prox_group_lasso(group_lasso, learning_rate, granularity, mask=prunable),
-                    ProxGroupLassoState,
-                )
-            )
+            spec = group_spec(granularity, prunable, name="granularity")
+        out.append(prox_group_lasso(group_lasso, learning_rate, spec))
     if slimming is not None:
-        select = labels_lib.scale_labels if slimming_select is None else slimming_select
-        out.append((prox_l1(slimming, learning_rate, mask=select), ProxL1State))
+        scales = labels_lib.scale_labels if slimming_prunable is None else slimming_prunable
+        out.append(prox_l1(slimming, learning_rate, prunable=scales))
     if gates is not None:
-        out.append((prox_gates(gates, learning_rate), ProxGatesState))
+        out.append(prox_gates(gates, learning_rate))
     return out

@@ -38,7 +38,7 @@ def _check_float(params: base.Params, what: str = "params") -> None:
             "optax.inject_hyperparams(jaxprune.optax_sparsity, static_args=('score_fn', "
             "'granularity', 'reduction', 'distribution', 'prunable', 'update_when', 'min_keep', "
             "'straight_through', 'select_fn', 'method', 'group_lasso_groups', "
-            "'slimming_select'))."
+            "'slimming_prunable'))."
         )
     for path, x in base.leaves_with_paths(params):
         if x is not None:

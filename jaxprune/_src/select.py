@@ -867,7 +867,3 @@ def hysteresis(scores: base.Scores, old_mask: base.Mask, low: Any, high: Any) ->
         return (x > hi) | (old & (x >= lo))
 
     return base.map_with_path(one, scores, old_mask, low_tree, high_tree)
-
-
-# The old internal name, still used by ``sparsity.py`` (refactored separately).
-n_of_m = top_n_of_m

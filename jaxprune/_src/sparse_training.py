@@ -110,7 +110,7 @@ def _keep_counts(params: base.Params, sparsity: Any, distribution: Any, prunable
         prunable = base.map_prunable(lambda p: len(p.shape) >= 2, params)
     only = jax.tree.map(lambda p, f: p if f else None, params, prunable, is_leaf=base.is_none)
     fn = dist_lib.resolve(distribution)
-    if fn == "global":
+    if isinstance(fn, dist_lib.GlobalSelection):
         raise ValueError("distribution 'global' is not supported; use 'uniform' or 'erk'")
     sparsities = base.broadcast_prefix(fn(only, sparsity), only, "distribution result")
 

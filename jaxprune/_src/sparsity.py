@@ -10,6 +10,7 @@ so that ``optax.apply_updates`` leaves it exactly ``0.0`` whatever optimizer cam
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
@@ -106,9 +107,9 @@ def _prunes_output_units(granularity: Any) -> bool:
     FILTER (a kernel's last axis) and LAYER remove output units: on a model's output layer
     they remove classes. Prefix trees of granularities are the user's explicit choice.
     """
-    if not isinstance(granularity, (gran_lib.Granularity, str)):
+    g = gran_lib.single(granularity)
+    if g is None:
         return False
-    g = gran_lib._resolve(granularity)
     return not g.is_n_of_m and all(set(g.mask_axes(n)) <= {n - 1} for n in (2, 4))
 
 
@@ -117,7 +118,7 @@ def _check_output_layer_rule(granularity: Any, flags: Any, params: base.Params) 
     if not _prunes_output_units(granularity):
         return
     chosen = [path for (path, f) in base.leaves_with_paths(flags) if f]
-    name = gran_lib._resolve(granularity).name
+    name = gran_lib.resolve(granularity).name
     raise ValueError(
         f"granularity {name!r} prunes whole output units of every kernel, and the default "
         "`prunable` (every leaf of rank >= 2) includes the model's output layer, whose output "
@@ -216,6 +217,254 @@ def _step_method(method: str, scores: Any) -> str:
     return "bisect" if n <= _BISECT_MAX else "auto"
 
 
+def _update_predicate(
+    update_when: Callable[[jax.Array], jax.Array] | None,
+    update_every: Any,
+    begin_step: Any,
+    end_step: Any,
+) -> Callable[[jax.Array], jax.Array]:
+    """Normalizes the schedule arguments of :func:`optax_sparsity` to one predicate."""
+    if update_when is not None:
+        steps = {"update_every": update_every, "begin_step": begin_step, "end_step": end_step}
+        given = [name for name, v in steps.items() if v is not None]
+        if given:
+            raise ValueError(
+                f"`update_when` replaces {given}, which would be ignored: pass either "
+                "`update_when` or the step arguments, not both."
+            )
+        return update_when
+    update_every = 100 if update_every is None else update_every
+    begin_step = 0 if begin_step is None else begin_step
+    step_args = {"update_every": update_every, "begin_step": begin_step, "end_step": end_step}
+    for name, v in step_args.items():
+        _check_step_arg(v, name)
+    if all(v is None or isinstance(v, int) for v in step_args.values()):
+        return sched_lib.every(update_every, begin_step=begin_step, end_step=end_step)
+    return _array_every(update_every, begin_step, end_step)  # e.g. injected hyperparameters
+
+
+@dataclasses.dataclass(frozen=True)
+class _Selection:
+    """How :func:`optax_sparsity` recomputes masks: scores, granularity and selector."""
+
+    score_fn: Callable[..., base.Scores]
+    granularity: Any
+    reduction: gran_lib.Reduction
+    select_fn: Callable[..., base.Mask] | None
+    min_keep: Any
+    method: str
+
+    def topk(self, scores: base.Scores, target: Any, is_global: bool = False) -> base.Mask:
+        """Masks keeping the top scores for a per-leaf target tree (or a global scalar)."""
+        if self.select_fn is not None:
+            return self.select_fn(scores, target)
+        how = _step_method(self.method, scores)
+        top = select_lib.global_topk if is_global else select_lib.layerwise_topk
+        return top(scores, target, min_keep=self.min_keep, method=how)
+
+    def scores(self, params: base.Params, grads: Any) -> base.Scores:
+        """Element scores of ``params`` reduced to the granularity's units."""
+        element_scores = self.score_fn(params, grads)
+        grans = gran_lib.resolve_granularity_tree(self.granularity, params)
+        return base.map_with_path(
+            lambda path, s, g: gran_lib.reduce_scores(s, g, self.reduction, path),
+            element_scores,
+            grans,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Overall:
+    """One target sparsity (value or schedule) split over the leaves by a distribution."""
+
+    sparsity: Any
+    distribution: Callable[..., Any] | dist_lib.GlobalSelection
+
+    def dense(self, pp: base.Params) -> base.Params:
+        return pp
+
+    def given(self) -> list:
+        return [self.sparsity]
+
+    def select(self, sel: _Selection, scores: Any, pp: base.Params, count: jax.Array) -> Any:
+        target = _value_at(self.sparsity, count)
+        if isinstance(self.distribution, dist_lib.GlobalSelection):
+            return sel.topk(scores, target, is_global=True)
+        return sel.topk(scores, self.distribution(pp, target))
+
+
+@dataclasses.dataclass(frozen=True)
+class _PerLeaf:
+    """A target sparsity (value or schedule) per leaf: a prefix tree or a per-path dict."""
+
+    values: Any
+    per_path: bool
+
+    def tree(self, pp: base.Params) -> Any:
+        if self.per_path:
+            return dist_lib.per_path(pp, self.values)
+        return base.broadcast_prefix(self.values, pp, "sparsity")
+
+    def dense(self, pp: base.Params) -> base.Params:
+        """``pp`` without the leaves whose target is statically ``None`` (they stay dense)."""
+        return base.map_prunable(lambda p, s: p, pp, self.tree(pp))
+
+    def given(self) -> list:
+        if self.per_path:
+            return list(self.values.values())
+        return [v for _, v in base.leaves_with_paths(self.values)]
+
+    def select(self, sel: _Selection, scores: Any, pp: base.Params, count: jax.Array) -> Any:
+        tree = self.tree(pp)
+        if not self.per_path:
+            for path, s in base.leaves_with_paths(tree):
+                if not callable(s):
+                    base.check_fraction(s, f"sparsity[{path!r}]")
+        return sel.topk(scores, base.map_prunable(lambda _, s: _value_at(s, count), pp, tree))
+
+
+@dataclasses.dataclass(frozen=True)
+class _NOfM:
+    """N:M masks, whose sparsity ``1 - n/m`` the granularity fixes."""
+
+    granularity: gran_lib.Granularity
+
+    def dense(self, pp: base.Params) -> base.Params:
+        return pp
+
+    def given(self) -> list:
+        return []
+
+    def select(self, sel: _Selection, scores: Any, pp: base.Params, count: jax.Array) -> Any:
+        g = self.granularity
+        return select_lib.top_n_of_m(scores, g.n, g.m, axis=g.axis)
+
+
+_Targets = _Overall | _PerLeaf | _NOfM
+
+
+def _targets(sparsity: Any, granularity: Any, distribution: Any) -> _Targets:
+    """Normalizes ``sparsity``/``distribution`` (and N:M granularities) once."""
+    g = gran_lib.single(granularity)
+    nm = g is not None and g.is_n_of_m
+    per_path = isinstance(distribution, Mapping)
+    tree = isinstance(sparsity, (Mapping, list, tuple))
+    if nm and sparsity is not None:
+        raise ValueError("N:M granularity fixes the sparsity at 1 - n/m; do not pass `sparsity`.")
+    if not nm and per_path and sparsity is not None:
+        raise ValueError(
+            "`distribution` is a per-path dict of sparsities; do not pass `sparsity` too."
+        )
+    if not nm and not per_path and sparsity is None:
+        raise ValueError("`sparsity` is required (a float, a schedule, or a prefix tree).")
+    if not callable(sparsity) and not tree:
+        base.check_fraction(sparsity, "sparsity")
+    dist = None if per_path else dist_lib.resolve(distribution)
+    if nm:
+        return _NOfM(g)
+    if per_path:
+        return _PerLeaf(distribution, per_path=True)
+    if tree:
+        return _PerLeaf(sparsity, per_path=False)
+    return _Overall(sparsity, dist)
+
+
+def _out_of_range(targets: _Targets, count: jax.Array) -> jax.Array:
+    """Whether a target the user gave (value or schedule) is NaN or outside [0, 1]."""
+    bad = jnp.bool_(False)
+    for v in targets.given():
+        if v is not None:
+            x = jnp.asarray(_value_at(v, count), jnp.float32)
+            bad = bad | ~((x >= 0) & (x <= 1))  # NaN fails both
+    return bad
+
+
+def _dense_where_none(tree: Any, masks: base.Mask) -> Any:
+    """``tree`` with ``None`` wherever ``masks`` is ``None``."""
+    return jax.tree.map(lambda x, m: None if m is None else x, tree, masks, is_leaf=base.is_none)
+
+
+def _enforce(updates: Any, params: base.Params, masks: base.Mask) -> Any:
+    """The update of every pruned entry becomes ``-param`` (kept entries pass through)."""
+    return jax.tree.map(
+        lambda u, p, m: u if (m is None or u is None) else jnp.where(m, u, -p.astype(u.dtype)),
+        updates,
+        params,
+        masks,
+        is_leaf=base.is_none,
+    )
+
+
+def _masking(
+    targets: _Targets,
+    sel: _Selection,
+    prunable: Any,
+    check_outputs: bool,
+    update_when: Callable[[jax.Array], jax.Array],
+    straight_through: bool,
+) -> optax.GradientTransformationExtraArgs:
+    """The masking transform of :func:`optax_sparsity`, without the penalty keywords."""
+
+    def init_fn(params):
+        base.check_not_variables(params)
+        flags = _prunable_flags(prunable, params)
+        if check_outputs:
+            _check_output_layer_rule(sel.granularity, flags, params)
+        pp = targets.dense(_only_prunable(params, flags))
+        grans = gran_lib.resolve_granularity_tree(sel.granularity, pp)
+        zero = jnp.zeros([], jnp.int32)
+        masks = base.map_with_path(_ones_mask, pp, grans)
+        return SparsityState(count=zero, masks=masks, leaked=zero, bad_sparsity=zero)
+
+    def update_fn(updates, state, params=None, *, raw_grads=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(base.NO_PARAMS_MSG)
+        base.check_not_variables(params)
+        base.check_structure(params, updates, "updates")
+        old, count, leaked = state.masks, state.count, state.leaked
+        base.check_structure(params, old, "state.masks")
+        if not straight_through and leaked is not None:
+            leaked = jnp.maximum(leaked, count_leaked(params, old))
+
+        def recompute(operands):
+            p, g, old_masks = operands
+            p = _dense_where_none(p, old_masks)
+            g = None if g is None else _dense_where_none(g, old_masks)
+            new = targets.select(sel, sel.scores(p, g), p, count)
+            base.check_structure(old_masks, new, "selected masks")
+            reshape = lambda n, o: None if o is None else _like(n.reshape(o.shape), o)
+            return jax.tree.map(reshape, new, old_masks, is_leaf=base.is_none)
+
+        updating = jnp.asarray(update_when(count), jnp.bool_)
+        masks = jax.lax.cond(updating, recompute, lambda ops: ops[2], (params, raw_grads, old))
+        bad = state.bad_sparsity
+        if bad is not None:
+            bad = bad + (updating & _out_of_range(targets, count)).astype(jnp.int32)
+        if not straight_through:
+            updates = _enforce(updates, params, masks)
+        count = optax.safe_increment(count)
+        return updates, SparsityState(count, masks, leaked=leaked, bad_sparsity=bad)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _after_penalties(
+    penalties: list[optax.GradientTransformation],
+    masking: optax.GradientTransformationExtraArgs,
+) -> optax.GradientTransformationExtraArgs:
+    """``optax.chain(*penalties, masking)``, refusing Linen ``variables`` first."""
+    if not penalties:
+        return masking
+    chain = optax.chain(*penalties, masking)
+
+    def init_fn(params):
+        base.check_not_variables(params)
+        return chain.init(params)
+
+    return optax.GradientTransformationExtraArgs(init_fn, chain.update)
+
+
 def optax_sparsity(
     sparsity: Any = None,
     *,
@@ -238,139 +487,74 @@ def optax_sparsity(
     gates: optax.ScalarOrSchedule | None = None,
     learning_rate: optax.ScalarOrSchedule | None = None,
     group_lasso_groups: Any = None,
-    slimming_select: Any = None,
+    slimming_prunable: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Prunes weights during training, holding the masks in the optimizer state.
 
-    On every update step of the schedule (``update_when(count)``, by default every
-    ``update_every`` steps from ``begin_step`` to ``end_step``) the masks are recomputed
-    inside the jitted step: ``score_fn`` scores the prunable leaves, the scores are reduced to
-    ``granularity``, ``distribution`` turns the current target ``sparsity`` into per-layer
-    sparsities and the selection drops exactly ``floor(s_l * n_l)`` units of each layer
-    (or of the whole model for ``distribution="global"``; the floor is taken exactly for the
-    float32 value of ``s`` with a tiny slack, so that ``0.9`` of 10 drops 9, see
-    :func:`jaxprune.select.topk_mask`), keeping at least ``min_keep`` units per layer. On
-    other steps the masks are kept, at the cost of one predicate.
+    On the schedule's update steps (``update_when(count)``) the masks are recomputed inside
+    the jitted step: ``score_fn`` scores the prunable leaves, scores are reduced to
+    ``granularity``, ``distribution`` splits ``sparsity`` over the layers, and exactly
+    ``floor(s_l * n_l)`` units per layer (or of the model for ``"global"``, see
+    :func:`jaxprune.select.topk_mask`) are dropped, keeping ``min_keep`` per layer. Unless
+    ``straight_through``, pruned entries get the update ``-param``, so ``apply_updates``
+    leaves them exactly ``0.0`` whatever the optimizer before did; kept entries pass bit for
+    bit. **Place it last in the chain**: the state's ``leaked`` counts pruned weights found
+    non-zero and :func:`jaxprune.masks` raises on it. With ``straight_through`` (Dynamic
+    Network Surgery's training) apply the masks in the forward pass,
+    ``jaxprune.apply_masks(params, jaxprune.masks(state), straight_through=True)``.
+    ``FILTER``/``LAYER`` prune whole output units (a classifier's classes on the output
+    layer), so with them ``init`` raises until ``prunable`` is given explicitly.
 
-    Unless ``straight_through``, the update of every pruned entry becomes ``-param``, so that
-    ``optax.apply_updates`` leaves pruned weights exactly ``0.0``, whatever the optimizer
-    before it did (momentum, Adam/AdamW moments, Lion, weight decay). **Place it last in the
-    chain**: anything after it (a learning-rate scale, say) would rescale ``-param``. A wrong
-    order is detected: every update counts the pruned entries of ``params`` that are not zero
-    (state field ``leaked``), and :func:`jaxprune.masks` raises on such a state;
-    :func:`jaxprune.summary` shows the weights' own zeros next to the masks'. Kept entries
-    pass through bit for bit. A non-finite weight at a pruned entry cannot be zeroed by an
-    update (``inf + -inf`` is NaN): it is reported the same way, and
-    :func:`jaxprune.apply_masks` writes exact zeros whatever the value.
-
-    **Model outputs are not pruned by default under structured granularities.** ``FILTER``
-    and ``LAYER`` units are whole output units of a kernel; on the output layer they would
-    remove classes. The default ``prunable`` (every leaf of rank >= 2) cannot tell which
-    kernel is the output layer, so with one of these granularities ``init`` raises until
-    ``prunable`` is given, e.g. ``prunable=lambda p: jaxprune.default_prunable(p,
-    exclude=["head"])`` (or ``prunable=jaxprune.default_prunable`` to prune every kernel).
-    Granularities that keep every output unit (unstructured, N:M, ``INPUT_CHANNEL``,
-    ``FILTER_SHAPE``, ``CONNECTION``) and prefix trees of granularities are not affected.
-
-    **Penalty keywords.** ``l1=``, ``group_lasso=``, ``slimming=`` and ``gates=`` add the
-    common sparsity penalties in the same line. Because this transform is last, after the
-    optimizer has turned gradients into updates, it cannot add a penalty's gradient (that
-    coupled form belongs *before* the optimizer: :func:`jaxprune.add_l1`,
-    :func:`jaxprune.add_group_lasso`, :func:`jaxprune.add_gate_penalty`). The keywords instead
-    apply the penalties as **decoupled proximal steps** of size ``learning_rate * strength``
-    on ``params + update``, before the masks are enforced, in the order ``l1``,
-    ``group_lasso``, ``slimming``, ``gates``; entries the proximal operators zero are exactly
-    ``0.0``. The result is identical (bit for bit) to ``optax.chain(optimizer,
-    jaxprune.prox_l1(l1, learning_rate, mask=prunable), jaxprune.prox_group_lasso(
-    group_lasso, learning_rate, group_lasso_groups or granularity, mask=prunable),
-    jaxprune.prox_l1(slimming, learning_rate, mask=slimming_select),
-    jaxprune.prox_gates(gates, learning_rate), jaxprune.optax_sparsity(...))``. With Adam
-    the step is decoupled like AdamW's weight decay rather than rescaled per coordinate.
-
-    In straight-through mode the updates pass through unchanged, so pruned weights keep
-    learning and can come back when the masks are recomputed; apply the masks in the forward
-    pass with ``jaxprune.apply_masks(params, jaxprune.masks(opt_state),
-    straight_through=True)``. This is the training mode of Dynamic Network Surgery (see
-    :func:`dynamic_network_surgery` for its hysteresis selector).
+    The **penalty keywords** ``l1=``, ``group_lasso=``, ``slimming=`` and ``gates=`` are
+    decoupled proximal steps of size ``learning_rate * strength``: the transform is then
+    ``optax.chain(prox_l1(l1, learning_rate, prunable=prunable), prox_group_lasso(
+    group_lasso, learning_rate, group_lasso_groups or granularity, prunable=prunable),
+    prox_l1(slimming, learning_rate, prunable=slimming_prunable), prox_gates(gates,
+    learning_rate), <masking>)`` with the given ones, whose state is the chain's tuple
+    (:class:`SparsityState` last). Coupled forms go before the optimizer (``add_l1``, ...).
+    With ``optax.inject_hyperparams`` list the non-numeric arguments in ``static_args``.
 
     Args:
-      sparsity: Target fraction of pruned units: a float, a schedule ``count -> float``
-        (e.g. ``jaxprune.schedules.polynomial``, any optax schedule), or a prefix tree of
-        those over the params (``None`` = stays dense), which bypasses ``distribution``.
-        Omit it for N:M granularity, which fixes the sparsity at ``1 - n/m``. Concrete
-        values outside ``[0, 1]`` raise; a traced value or a schedule's value cannot be
-        checked when tracing: outside ``[0, 1]`` it acts like the nearest end and NaN prunes
-        nothing, and every such mask update is counted in the state (``bad_sparsity``), so
-        that :func:`jaxprune.masks` raises (e.g. for a schedule written in percent).
-      score_fn: ``(params, grads) -> scores`` with element-level scores, e.g.
-        ``jaxprune.scores.magnitude`` (default) or ``jaxprune.scores.taylor``; gradient-based
-        scores read the extra argument ``raw_grads=`` of ``update``.
-      granularity: A :class:`~jaxprune.Granularity` (or its name, or a prefix tree of them):
-        what is pruned together. ``jaxprune.n_of_m(2, 4)`` selects N:M masks.
-      reduction: How element scores combine within a unit (``"sum"``, ``"mean"``, ``"max"``,
-        ``"l1"``, ``"l2"``); irrelevant for unstructured pruning.
+      sparsity: Fraction of pruned units: a float, a schedule, or a prefix tree of those
+        (``None`` = dense; bypasses ``distribution``); omitted for N:M. A traced or scheduled
+        value outside ``[0, 1]`` acts like the nearest end (NaN prunes nothing) and is
+        counted in ``bad_sparsity``, on which :func:`jaxprune.masks` raises.
+      score_fn: ``(params, grads) -> element scores`` (``grads`` is ``raw_grads=``).
+      granularity: A :class:`~jaxprune.Granularity`, its name, or a prefix tree of them;
+        ``jaxprune.n_of_m(2, 4)`` selects N:M masks.
+      reduction: ``"sum"``, ``"mean"``, ``"max"``, ``"l1"`` or ``"l2"`` within a unit.
       distribution: ``"uniform"``, ``"erk"``, ``"er"``, ``"global"``, a callable
-        ``(params, sparsity) -> per-leaf sparsity tree`` (see ``jaxprune.distributions``) or a
-        dict ``path -> sparsity or schedule`` (then ``sparsity`` is omitted).
-      prunable: A bool tree (or prefix) over the params, or a callable returning one;
-        ``False`` leaves are never pruned. ``None`` (default): :func:`default_prunable`
-        (leaves of rank >= 2, i.e. kernels), refused for ``FILTER``/``LAYER`` (see above).
-      update_every: Steps between mask updates (default predicate), an int ``>= 1``;
-        default 100.
-      begin_step: First step at which the masks are updated (default predicate), an int
-        ``>= 0``; default 0.
-      end_step: Last step at which the masks are updated, or ``None`` for no end.
-      update_when: A predicate ``count -> bool`` that replaces the three arguments above
-        (passing both raises), e.g. ``jaxprune.schedules.at_steps((0, 1000, 2000))``.
-      min_keep: Per-layer floor: units every layer keeps (``0`` allows emptying a layer).
+        ``(params, sparsity) -> per-leaf tree`` (see ``jaxprune.distributions``) or a dict
+        ``path -> sparsity or schedule`` (then ``sparsity`` is omitted).
+      prunable: Leaf selector (bool tree, prefix or callable); ``None``:
+        :func:`default_prunable`, refused for ``FILTER``/``LAYER`` (see above).
+      update_every: Steps between mask updates, an int ``>= 1`` (default 100).
+      begin_step: First step of mask updates, an int ``>= 0`` (default 0).
+      end_step: Last step of mask updates, or ``None`` for no end.
+      update_when: A predicate ``count -> bool`` replacing the three step arguments (passing
+        both raises), e.g. ``jaxprune.schedules.at_steps((0, 1000, 2000))``.
+      min_keep: Units every layer keeps (``0`` allows emptying a layer).
       straight_through: Leave the updates of pruned entries unchanged (see above).
-      select_fn: Optional ``(scores, per_leaf_sparsity) -> masks`` replacing the top-k
-        selection (scores are already reduced to ``granularity``).
-      method: Top-k search of :func:`jaxprune.select.topk_mask`: ``"auto"``, ``"radix"``
-        or ``"bisect"``. Inside the train step ``"auto"`` bisects trees of up to ``2**20``
-        scored entries and uses the radix select above that: on XLA:CPU the radix branch
-        of the ``lax.cond`` cost LeNet-5 about 9% per step even when not taken, and
-        bisection was faster at this size when taken (``benchmarks/step_overhead.py``);
-        the radix select wins on large trees.
-      l1: Strength (or schedule) of an L1 penalty on the ``prunable`` leaves, applied as
-        :func:`jaxprune.prox_l1`.
-      group_lasso: Strength (or schedule) of a group lasso over ``group_lasso_groups``, or,
-        if those are not given, over the ``granularity`` units (filters, channels, ...) of
-        the ``prunable`` leaves; applied as :func:`jaxprune.prox_group_lasso`.
-      slimming: Strength (or schedule) of network slimming's L1 on normalization scales and
-        channel gates (``slimming_select``), applied as :func:`jaxprune.prox_l1`.
-      gates: Strength (or schedule) of the gate penalty on jaxprune's hard-concrete and
-        Bernoulli gates, applied as :func:`jaxprune.prox_gates` (which also clamps them).
-      learning_rate: The optimizer's learning rate (float or the same schedule); required
-        with any penalty keyword, which it scales.
+      select_fn: Optional ``(scores, per_leaf_sparsity) -> masks`` replacing the top-k.
+      method: ``"auto"`` (bisection up to ``2**20`` scored entries, radix above; see
+        ``benchmarks/step_overhead.py``), ``"radix"`` or ``"bisect"``.
+      l1: Strength (or schedule) of :func:`jaxprune.prox_l1` on the ``prunable`` leaves.
+      group_lasso: Strength (or schedule) of :func:`jaxprune.prox_group_lasso` over
+        ``group_lasso_groups`` or the ``granularity`` units of the ``prunable`` leaves.
+      slimming: Strength (or schedule) of :func:`jaxprune.prox_l1` on ``slimming_prunable``.
+      gates: Strength (or schedule) of :func:`jaxprune.prox_gates` on jaxprune's gates.
+      learning_rate: The optimizer's learning rate (or schedule); required with a penalty.
       group_lasso_groups: Explicit :class:`jaxprune.Group` list for ``group_lasso``.
-      slimming_select: Scale leaves for ``slimming``: bool tree (prefix, by path) or callable;
-        default :func:`jaxprune.scale_labels` (rank-1 leaves named ``scale`` and
-        ``channel_gate`` leaves). :func:`jaxprune.linen.slimming_labels` and
-        :func:`jaxprune.nnx.slimming_labels` pick BatchNorm scales exactly.
+      slimming_prunable: Leaf selector of ``slimming``; default :func:`jaxprune.scale_labels`
+        (or :func:`jaxprune.linen.slimming_labels` / :func:`jaxprune.nnx.slimming_labels`).
 
     Returns:
-      A :class:`optax.GradientTransformationExtraArgs` with a :class:`SparsityState`.
-      ``update(updates, state, params, raw_grads=None)`` requires ``params``.
+      A :class:`optax.GradientTransformationExtraArgs` with a :class:`SparsityState` (see
+      above for penalties); ``update(updates, state, params, raw_grads=None)``.
 
     Raises:
-      ValueError: For a sparsity outside ``[0, 1]``, a granularity that does not fit a leaf,
-        an N:M axis not divisible by M, ``update_when`` together with step arguments, a
-        ``FILTER``/``LAYER`` granularity with the default ``prunable``, Linen ``variables``
-        (with ``batch_stats``) passed as params, or inconsistent arguments; messages name
-        the path or argument.
-      TypeError: If a prunable leaf is not floating point, or a step argument is not an int.
-
-    Notes:
-      With ``optax.inject_hyperparams`` list the non-numeric arguments as static:
-      ``optax.inject_hyperparams(jaxprune.optax_sparsity, static_args=("score_fn",
-      "granularity", "reduction", "distribution", "prunable", "update_when", "min_keep",
-      "straight_through", "select_fn", "method", "group_lasso_groups",
-      "slimming_select"))(sparsity=0.5)``; ``sparsity``, ``update_every``, ``begin_step``,
-      ``end_step`` and the penalty strengths and ``learning_rate`` may then be changed in
-      the state without recompiling. The transform also works inside ``optax.MultiSteps``
-      (it then counts real, not accumulated, steps) and with ``jax.eval_shape(tx.init,
-      params)``.
+      ValueError: For inconsistent or out-of-range arguments, or Linen ``variables``.
+      TypeError: For a non-float prunable leaf or a non-integer step argument.
 
     Example:
       >>> import jax.numpy as jnp
@@ -378,224 +562,27 @@ def optax_sparsity(
       >>> import jaxprune
       >>> params = {"w": jnp.array([[0.1, -2.0], [0.5, 3.0]]), "b": jnp.ones(2)}
       >>> tx = optax.chain(optax.sgd(0.1), jaxprune.optax_sparsity(0.5, update_every=1))
-      >>> state = tx.init(params)
       >>> grads = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
-      >>> updates, state = tx.update(grads, state, params)
+      >>> updates, state = tx.update(grads, tx.init(params), params)
       >>> optax.apply_updates(params, updates)["w"]
       Array([[ 0. , -2.1],
              [ 0. ,  2.9]], dtype=float32)
 
     References:
-      Han et al., "Learning both Weights and Connections for Efficient Neural Networks",
-      NeurIPS 2015; Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of
-      pruning for model compression", 2017. https://arxiv.org/abs/1710.01878
+      Han et al., NeurIPS 2015; Zhu & Gupta, 2017, https://arxiv.org/abs/1710.01878.
     """
-    if not isinstance(granularity, (gran_lib.Granularity, str)):
-        grans_are_nm = False
-    else:
-        grans_are_nm = gran_lib._resolve(granularity).is_n_of_m
-    per_path = isinstance(distribution, Mapping)
-    if grans_are_nm:
-        if sparsity is not None:
-            raise ValueError(
-                "N:M granularity fixes the sparsity at 1 - n/m; do not pass `sparsity`."
-            )
-    elif per_path:
-        if sparsity is not None:
-            raise ValueError(
-                "`distribution` is a per-path dict of sparsities; do not pass `sparsity` too."
-            )
-    elif sparsity is None:
-        raise ValueError("`sparsity` is required (a float, a schedule, or a prefix tree).")
-    if not callable(sparsity) and not isinstance(sparsity, (Mapping, list, tuple)):
-        base.check_fraction(sparsity, "sparsity")
-    if not per_path and distribution != "global":
-        dist_fn = dist_lib.resolve(distribution)
-    else:
-        dist_fn = None
-    if update_when is not None:
-        given = [
-            name
-            for name, v in (
-                ("update_every", update_every),
-                ("begin_step", begin_step),
-                ("end_step", end_step),
-            )
-            if v is not None
-        ]
-        if given:
-            raise ValueError(
-                f"`update_when` replaces {given}, which would be ignored: pass either "
-                "`update_when` or the step arguments, not both."
-            )
-    else:
-        update_every = 100 if update_every is None else update_every
-        begin_step = 0 if begin_step is None else begin_step
-        for name, v in (
-            ("update_every", update_every),
-            ("begin_step", begin_step),
-            ("end_step", end_step),
-        ):
-            _check_step_arg(v, name)
-        step_args = (update_every, begin_step, end_step)
-        if all(v is None or isinstance(v, int) for v in step_args):
-            update_when = sched_lib.every(update_every, begin_step=begin_step, end_step=end_step)
-        else:  # Arrays, e.g. hyperparameters injected by optax.inject_hyperparams.
-            update_when = _array_every(update_every, begin_step, end_step)
+    targets = _targets(sparsity, granularity, distribution)
+    when = _update_predicate(update_when, update_every, begin_step, end_step)
     if base.is_concrete(min_keep):
         min_keep = base.check_int(min_keep, "min_keep")
-    selected = default_prunable if prunable is None else prunable
-    penalties = reg_lib.sparsity_penalties(
-        l1=l1,
-        group_lasso=group_lasso,
-        slimming=slimming,
-        gates=gates,
-        learning_rate=learning_rate,
-        prunable=selected,
-        granularity=granularity,
-        group_lasso_groups=group_lasso_groups,
-        slimming_select=slimming_select,
+    sel = _Selection(score_fn, granularity, reduction, select_fn, min_keep, method)
+    chosen = default_prunable if prunable is None else prunable
+    strengths = {"l1": l1, "group_lasso": group_lasso, "slimming": slimming, "gates": gates}
+    penalties = reg_lib.proximal_penalties(
+        learning_rate, chosen, granularity, group_lasso_groups, slimming_prunable, **strengths
     )
-
-    def init_fn(params):
-        base.check_not_variables(params)
-        flags = _prunable_flags(selected, params)
-        if prunable is None:
-            _check_output_layer_rule(granularity, flags, params)
-        pp = _only_prunable(params, flags)
-        # Leaves whose target is statically None (per-path dicts, prefix trees) stay dense.
-        if per_path:
-            pp = base.map_prunable(lambda p, s: p, pp, dist_lib.per_path(pp, distribution))
-        elif isinstance(sparsity, (Mapping, list, tuple)):
-            pp = base.map_prunable(
-                lambda p, s: p, pp, base.broadcast_prefix(sparsity, pp, "sparsity")
-            )
-        grans = gran_lib.resolve_granularity_tree(granularity, pp)
-        masks = base.map_with_path(_ones_mask, pp, grans)
-        for penalty, _ in penalties:  # Validates the penalty selections against the params.
-            penalty.init(params)
-        zero = jnp.zeros([], jnp.int32)
-        return SparsityState(count=zero, masks=masks, leaked=zero, bad_sparsity=zero)
-
-    def out_of_range(count):
-        """Whether a target the user gave (value or schedule) is NaN or outside [0, 1]."""
-        if grans_are_nm:
-            return jnp.bool_(False)
-        if per_path:
-            given = list(distribution.values())
-        elif isinstance(sparsity, (Mapping, list, tuple)):
-            given = [v for _, v in base.leaves_with_paths(sparsity)]
-        else:
-            given = [sparsity]
-        bad = jnp.bool_(False)
-        for v in given:
-            if v is None:
-                continue
-            x = jnp.asarray(_value_at(v, count), jnp.float32)
-            bad = bad | ~((x >= 0) & (x <= 1))  # NaN fails both
-        return bad
-
-    def targets(prunable_params, count):
-        """Per-leaf sparsity tree (or a scalar for global selection)."""
-        if per_path:
-            tree = dist_lib.per_path(prunable_params, distribution)
-            return base.map_prunable(lambda _, s: _value_at(s, count), prunable_params, tree)
-        if isinstance(sparsity, (Mapping, list, tuple)):
-            tree = base.broadcast_prefix(sparsity, prunable_params, "sparsity")
-            for path, s in base.leaves_with_paths(tree):
-                if not callable(s):
-                    base.check_fraction(s, f"sparsity[{path!r}]")
-            return base.map_prunable(lambda _, s: _value_at(s, count), prunable_params, tree)
-        target = _value_at(sparsity, count)
-        if distribution == "global":
-            return target
-        return dist_fn(prunable_params, target)
-
-    def select(scores, prunable_params, count):
-        if grans_are_nm:
-            g = gran_lib._resolve(granularity)
-            return select_lib.n_of_m(scores, g.n, g.m, axis=g.axis)
-        target = targets(prunable_params, count)
-        if select_fn is not None:
-            return select_fn(scores, target)
-        how = _step_method(method, scores)
-        if (
-            distribution == "global"
-            and not per_path
-            and not isinstance(sparsity, (Mapping, list, tuple))
-        ):
-            return select_lib.global_topk(scores, target, min_keep=min_keep, method=how)
-        return select_lib.layerwise_topk(scores, target, min_keep=min_keep, method=how)
-
-    def update_fn(updates, state, params=None, *, raw_grads=None, **extra_args):
-        del extra_args
-        if params is None:
-            raise ValueError(base.NO_PARAMS_MSG)
-        base.check_not_variables(params)
-        base.check_structure(params, updates, "updates")
-        old = state.masks
-        base.check_structure(params, old, "state.masks")
-        count = state.count
-        leaked = state.leaked
-        if not straight_through and leaked is not None:
-            leaked = jnp.maximum(leaked, count_leaked(params, old))
-
-        def recompute(operands):
-            p, g, old_masks = operands
-            p = jax.tree.map(
-                lambda x, m: None if m is None else x, p, old_masks, is_leaf=base.is_none
-            )
-            if g is not None:
-                g = jax.tree.map(
-                    lambda x, m: None if m is None else x, g, old_masks, is_leaf=base.is_none
-                )
-            element_scores = score_fn(p, g)
-            grans = gran_lib.resolve_granularity_tree(granularity, p)
-            scores = base.map_with_path(
-                lambda path, s, gr: gran_lib.reduce_scores(s, gr, reduction, path),
-                element_scores,
-                grans,
-            )
-            new = select(scores, p, count)
-            base.check_structure(old_masks, new, "selected masks")
-            return jax.tree.map(
-                lambda n, o: None if o is None else _like(n.reshape(o.shape), o),
-                new,
-                old_masks,
-                is_leaf=base.is_none,
-            )
-
-        for penalty, state_type in penalties:  # Proximal steps sharing this step count.
-            updates, _ = penalty.update(updates, state_type(count=count), params)
-        updating = jnp.asarray(update_when(count), jnp.bool_)
-        masks = jax.lax.cond(
-            updating,
-            recompute,
-            lambda operands: operands[2],
-            (params, raw_grads, old),
-        )
-        bad_sparsity = state.bad_sparsity
-        if bad_sparsity is not None:
-            bad_sparsity = bad_sparsity + (updating & out_of_range(count)).astype(jnp.int32)
-        if not straight_through:
-            updates = jax.tree.map(
-                lambda u, p, m: (
-                    u if (m is None or u is None) else jnp.where(m, u, -p.astype(u.dtype))
-                ),
-                updates,
-                params,
-                masks,
-                is_leaf=base.is_none,
-            )
-        new_state = SparsityState(
-            count=optax.safe_increment(count),
-            masks=masks,
-            leaked=leaked,
-            bad_sparsity=bad_sparsity,
-        )
-        return updates, new_state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    masking = _masking(targets, sel, chosen, prunable is None, when, straight_through)
+    return _after_penalties(penalties, masking)
 
 
 def count_leaked(params: base.Params, masks: base.Mask) -> jax.Array:
@@ -618,6 +605,50 @@ def count_leaked(params: base.Params, masks: base.Mask) -> jax.Array:
         )
     )
     return functools.reduce(jnp.add, counts, jnp.zeros([], jnp.int32))
+
+
+def _prng_key(key: Any) -> jax.Array:
+    """A ``jax.random`` key from a key or an int seed (the ``key=`` argument)."""
+    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array):
+        return key
+    raise TypeError(f"`key` must be a jax.random key or an int seed, got {key!r}.")
+
+
+def _check_c_rate(c_rate: Any) -> None:
+    """Raises unless every concrete leaf of ``c_rate`` is a finite real number ``>= 0``."""
+    for path, c in base.leaves_with_paths(c_rate):
+        name = f"c_rate[{path!r}]" if path else "c_rate"
+        if c is None or not base.is_concrete(c):
+            continue
+        if isinstance(c, bool) or not isinstance(c, (numbers.Real, np.ndarray, jax.Array)):
+            raise TypeError(f"`{name}` must be a real number, got {c!r}.")
+        value = float(np.asarray(c))
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"`{name}` must be a finite number >= 0 (the thresholds are "
+                f"low/high_factor * (mean + c_rate * std) of |w|), got {value}."
+            )
+
+
+def _dns_thresholds(
+    params: base.Params, masks: base.Mask, c_rate: Any, low_factor: float, high_factor: float
+) -> tuple[Any, Any]:
+    """DNS's ``a`` and ``b`` per leaf: ``factor * max(mu + c_rate * sigma, 0)`` of ``|w|``."""
+    rates = base.broadcast_prefix(c_rate, masks, "c_rate")
+
+    def one(w, m, c, factor):
+        a = jnp.abs(w.astype(jnp.float32))
+        mf = jnp.broadcast_to(m, a.shape).astype(jnp.float32)
+        n = jnp.maximum(jnp.sum(mf), 1.0)
+        mu = jnp.sum(a * mf) / n
+        sigma = jnp.sqrt(jnp.maximum(jnp.sum(a * a * mf) / n - mu * mu, 0.0))
+        return factor * jnp.maximum(mu + jnp.asarray(c, jnp.float32) * sigma, 0.0)
+
+    low = base.map_prunable(functools.partial(one, factor=low_factor), params, masks, rates)
+    high = base.map_prunable(functools.partial(one, factor=high_factor), params, masks, rates)
+    return low, high
 
 
 def dynamic_network_surgery(
@@ -677,20 +708,8 @@ def dynamic_network_surgery(
       Guo, Yao, Chen, "Dynamic Network Surgery for Efficient DNNs", NeurIPS 2016.
       https://arxiv.org/abs/1608.04493
     """
-    if isinstance(key, int):
-        key = jax.random.key(key)
-    for path, c in base.leaves_with_paths(c_rate):
-        name = f"c_rate[{path!r}]" if path else "c_rate"
-        if c is None or not base.is_concrete(c):
-            continue
-        if isinstance(c, bool) or not isinstance(c, (numbers.Real, np.ndarray, jax.Array)):
-            raise TypeError(f"`{name}` must be a real number, got {c!r}.")
-        value = float(np.asarray(c))
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(
-                f"`{name}` must be a finite number >= 0 (the thresholds are "
-                f"low/high_factor * (mean + c_rate * std) of |w|), got {value}."
-            )
+    key = _prng_key(key)
+    _check_c_rate(c_rate)
     if not (0.0 <= low_factor <= high_factor):
         raise ValueError(
             f"need 0 <= low_factor <= high_factor, got {low_factor} and {high_factor}."
@@ -709,43 +728,22 @@ def dynamic_network_surgery(
             key=key,
         )
 
-    def thresholds(params, masks):
-        rates = base.broadcast_prefix(c_rate, masks, "c_rate")
-
-        def one(w, m, c, factor):
-            a = jnp.abs(w.astype(jnp.float32))
-            mf = jnp.broadcast_to(m, a.shape).astype(jnp.float32)
-            n = jnp.maximum(jnp.sum(mf), 1.0)
-            mu = jnp.sum(a * mf) / n
-            sigma = jnp.sqrt(jnp.maximum(jnp.sum(a * a * mf) / n - mu * mu, 0.0))
-            return factor * jnp.maximum(mu + jnp.asarray(c, jnp.float32) * sigma, 0.0)
-
-        low = base.map_prunable(functools.partial(one, factor=low_factor), params, masks, rates)
-        high = base.map_prunable(functools.partial(one, factor=high_factor), params, masks, rates)
-        return low, high
-
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
         if params is None:
             raise ValueError(base.NO_PARAMS_MSG)
         count = state.count
-        pp = jax.tree.map(
-            lambda x, m: None if m is None else x, params, state.masks, is_leaf=base.is_none
-        )
+        pp = _dense_where_none(params, state.masks)
         low, high = jax.lax.cond(
             count == 0,
-            lambda ops: thresholds(ops[0], ops[1]),
+            lambda ops: _dns_thresholds(ops[0], ops[1], c_rate, low_factor, high_factor),
             lambda ops: (ops[2], ops[3]),
             (pp, state.masks, state.low, state.high),
         )
         key, sub = jax.random.split(state.key)
         go = jax.random.uniform(sub, (), jnp.float32) < probability(count)
 
-        def recompute(ops):
-            p, old, lo, hi = ops
-            scores = scores_lib.magnitude(p)
-            return select_lib.hysteresis(scores, old, lo, hi)
-
+        recompute = lambda ops: select_lib.hysteresis(scores_lib.magnitude(ops[0]), *ops[1:])
         masks = jax.lax.cond(go, recompute, lambda ops: ops[1], (pp, state.masks, low, high))
         new_state = DynamicSurgeryState(optax.safe_increment(count), masks, low, high, key)
         return updates, new_state
