@@ -52,6 +52,7 @@ import os
 import statistics
 import time
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,39 +68,6 @@ N_TRAIN = 60_000
 
 # ---------------------------------------------------------------------------------------
 # Models.
-
-
-class MLP(nn.Module):
-    """Dense -> [BatchNorm] -> ReLU per hidden layer; Dense layers ``fc0..fcL``."""
-
-    widths: tuple[int, ...]
-    bn: bool = False
-    scale_init: float = 0.5
-    torch_init: bool = False  # PyTorch nn.Linear's default init (the authors' code)
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        def dense(w, name):
-            if not self.torch_init:
-                return nn.Dense(w, name=name)
-            bound = 1.0 / np.sqrt(x.shape[-1])  # U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-
-            def uniform(key, shape, dtype=jnp.float32):
-                return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-            return nn.Dense(w, kernel_init=uniform, bias_init=uniform, name=name)
-
-        for i, w in enumerate(self.widths):
-            x = dense(w, f"fc{i}")(x)
-            if self.bn:
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=0.9,
-                    scale_init=nn.initializers.constant(self.scale_init),
-                    name=f"bn{i}",
-                )(x)
-            x = nn.relu(x)
-        return dense(10, f"fc{len(self.widths)}")(x)
 
 
 class L0MLP(nn.Module):
@@ -225,44 +193,57 @@ def sgd_schedule(lr: float, epochs: int, batch: int):
 # Physical removal of MLP units (host side).
 
 
-def slice_mlp(params, stats, keep: list[np.ndarray], *, fold_bn_shift: bool = False):
-    """Keeps units ``keep[l]`` of every layer boundary ``l`` (0 = inputs, then hidden layers).
+def remove_units(model, params, stats, group_masks, *, fold_bn_shift: bool = False):
+    """The smaller MLP's ``(params, stats)``: ``jaxprune.shrink`` with :func:`unit_groups`.
 
-    With ``fold_bn_shift``, a removed hidden unit's constant output ``relu(beta)`` (its BN
-    shift, what it still emits once its scale is ~0) is added to the next layer's bias.
+    ``group_masks`` has a bool vector for ``"in"`` (input pixels) and every hidden layer
+    ``"h0"``, ``"h1"``, ... With ``fold_bn_shift``, a removed hidden unit's constant output
+    ``relu(beta)`` (its BN shift, what it still emits once its scale is ~0) is added to the
+    next layer's bias: the removed units' BN scales are set to 0 (the premise of network
+    slimming), then ``jaxprune.fold_forward`` moves the now constant ``relu(beta)`` into the
+    consumers' biases before shrinking.
     """
-    params = jax.tree.map(np.asarray, params)
-    stats = None if stats is None else jax.tree.map(np.asarray, stats)
-    n_dense = len([k for k in params if k.startswith("fc")])
-    new_p, new_s = {}, ({} if stats is not None else None)
-    for i in range(n_dense):
-        k = params[f"fc{i}"]["kernel"]
-        b = params[f"fc{i}"]["bias"].copy()
-        rows = keep[i] if i < len(keep) else np.arange(k.shape[0])
-        cols = keep[i + 1] if i + 1 < len(keep) else np.arange(k.shape[1])
-        if fold_bn_shift and i >= 1 and f"bn{i - 1}" in params:
-            dead = np.setdiff1d(np.arange(k.shape[0]), rows)
-            beta = params[f"bn{i - 1}"]["bias"][dead]
-            b = b + np.maximum(beta, 0.0) @ k[dead]
-        new_p[f"fc{i}"] = {"kernel": k[np.ix_(rows, cols)], "bias": b[cols]}
-        if f"bn{i}" in params:
-            new_p[f"bn{i}"] = {n: v[cols] for n, v in params[f"bn{i}"].items()}
-            new_s[f"bn{i}"] = {n: v[cols] for n, v in stats[f"bn{i}"].items()}
-    return jax.tree.map(jnp.asarray, new_p), (
-        None if new_s is None else jax.tree.map(jnp.asarray, new_s)
-    )
+    n_hidden = len([k for k in params if k.startswith("fc")]) - 1
+    bn = stats is not None
+    variables = {"params": params, **({"batch_stats": stats} if bn else {})}
+    groups = unit_groups(n_hidden, bn, collection=True)
+    if fold_bn_shift:
+        p = dict(params)
+        for i in range(n_hidden):
+            keep = jnp.asarray(group_masks[f"h{i}"], params[f"bn{i}"]["scale"].dtype)
+            p[f"bn{i}"] = {**p[f"bn{i}"], "scale": p[f"bn{i}"]["scale"] * keep}
+        hidden = [g for g in groups if g.name != "in"]
+        variables, _ = jaxprune.fold_forward(
+            lambda v, x: model.apply(v, x, train=False),
+            {**variables, "params": p},
+            group_masks,
+            hidden,
+            jnp.zeros((1, params["fc0"]["kernel"].shape[0]), jnp.float32),
+        )
+    small = jaxprune.shrink(variables, group_masks, groups)
+    return small["params"], (small["batch_stats"] if bn else None)
+
+
+def unit_groups(n_hidden: int, bn: bool, *, collection: bool = False) -> list[jaxprune.Group]:
+    """``"in"`` (rows of the first kernel) and one group per hidden layer ``h<i>``: the unit's
+    input column, bias, BN entries (and running statistics) and output row. With
+    ``collection``, member paths name a Linen ``variables`` tree (``params/...``)."""
+    p, s = ("params/", "batch_stats/") if collection else ("", "")
+    groups = [G("in", (M(f"{p}fc0/kernel", 0),))]
+    for i in range(n_hidden):
+        members = [M(f"{p}fc{i}/kernel", 1), M(f"{p}fc{i}/bias", 0)]
+        if bn:
+            members += [M(f"{p}bn{i}/scale", 0), M(f"{p}bn{i}/bias", 0)]
+            if collection:
+                members += [M(f"{s}bn{i}/mean", 0), M(f"{s}bn{i}/var", 0)]
+        members.append(M(f"{p}fc{i + 1}/kernel", 0))
+        groups.append(G(f"h{i}", tuple(members)))
+    return groups
 
 
 def neuron_groups(widths: tuple[int, ...], bn: bool) -> list[jaxprune.Group]:
     """One group per hidden layer: the unit's input column, bias, BN entries, output row."""
-    groups = []
-    for i in range(len(widths)):
-        members = [M(f"fc{i}/kernel", 1), M(f"fc{i}/bias", 0)]
-        if bn:
-            members += [M(f"bn{i}/scale", 0), M(f"bn{i}/bias", 0)]
-        members.append(M(f"fc{i + 1}/kernel", 0))
-        groups.append(G(f"h{i}", tuple(members)))
-    return groups
+    return unit_groups(len(widths), bn)[1:]
 
 
 def select_inputs(data, keep_in: np.ndarray):
@@ -309,7 +290,7 @@ def plot_hist(path: str, title: str, series: dict[str, dict[str, np.ndarray]], x
 
 def run_slimming(data, seed, args, log):
     widths = (500, 300)
-    model = MLP(
+    model = common.MLP(
         widths, bn=True, scale_init=args.slimming_scale_init, torch_init=args.slimming_torch_init
     )
     v = model.init(jax.random.key(seed), data["x"][:2])
@@ -369,14 +350,15 @@ def run_slimming(data, seed, args, log):
     glob = jaxprune.slimming_masks(params, groups, args.prune_ratio, select=labels, min_keep=1)
     keep = [np.arange(784)] + [np.flatnonzero(np.asarray(sel.group_masks[g.name])) for g in groups]
     glob_widths = "-".join(str(int(np.sum(glob.group_masks[g.name]))) for g in groups)
-    small = MLP(tuple(len(k) for k in keep[1:]), bn=True)
-    sp, ss = slice_mlp(params, stats, keep, fold_bn_shift=True)
+    small = common.MLP(tuple(len(k) for k in keep[1:]), bn=True)
+    masks = {"in": np.ones(784, bool), **{g.name: sel.group_masks[g.name] for g in groups}}
+    sp, ss = remove_units(model, params, stats, masks, fold_bn_shift=True)
     if args.slimming_rebalance:  # exact: relu(c z) = c relu(z), undone by fc1's kernel / c
         c = args.slimming_rebalance / float(jnp.mean(jnp.abs(sp["bn0"]["scale"])))
         sp = {**sp, "bn0": jax.tree.map(lambda a: a * c, sp["bn0"])}
         sp["fc1"] = {**sp["fc1"], "kernel": sp["fc1"]["kernel"] / c}
     err_removed = test_error(small, sp, ss, data["xt"], data["yt"])
-    sp0, ss0 = slice_mlp(params, stats, keep, fold_bn_shift=False)
+    sp0, ss0 = remove_units(model, params, stats, masks)
     err_removed_nofold = test_error(small, sp0, ss0, data["xt"], data["yt"])
     log(
         f"  after sparsity training: error {err_trained:.2f}%; per-layer |gamma| < 1e-2: "
@@ -445,7 +427,7 @@ def run_slimming(data, seed, args, log):
 
 def run_ssl(data, seed, args, log):
     widths = (500, 300)
-    model = MLP(widths, bn=False)
+    model = common.MLP(widths, bn=False)
     params = model.init(jax.random.key(seed), data["x"][:2])["params"]
     groups = neuron_groups(widths, bn=False)
     inputs = G("in", (M("fc0/kernel", 0),))
@@ -464,8 +446,9 @@ def run_ssl(data, seed, args, log):
     norms = {k: np.asarray(v) for k, v in jaxprune.group_norms(params, [*groups, inputs]).items()}
     sel = jaxprune.group_norm_masks(params, [*groups, inputs], args.ssl_threshold, min_keep=1)
     keep = [np.flatnonzero(np.asarray(sel.group_masks[n])) for n in ("in", "h0", "h1")]
-    small = MLP(tuple(len(k) for k in keep[1:]))
-    sp, _ = slice_mlp(params, None, keep)
+    small = common.MLP(tuple(len(k) for k in keep[1:]))
+    masks = {n: sel.group_masks[n] for n in ("in", "h0", "h1")}
+    sp, _ = remove_units(model, params, None, masks)
     data = select_inputs(data, keep[0])
     err_removed = test_error(small, sp, None, data["xt"], data["yt"])
     log(
@@ -536,8 +519,9 @@ def run_l0(data, seed, args, log):
     keep = [np.flatnonzero(np.asarray(sel.group_masks[f"in{i}"])) for i in range(3)]
     folded = jaxprune.fold_gates(params, groups)
     plain = {k: v for k, v in folded.items() if k.startswith("fc")}
-    small = MLP(tuple(len(k) for k in keep[1:]))
-    sp, _ = slice_mlp(plain, None, keep)
+    small = common.MLP(tuple(len(k) for k in keep[1:]))
+    masks = {n: sel.group_masks[f"in{i}"] for i, n in enumerate(("in", "h0", "h1"))}
+    sp, _ = remove_units(model, plain, None, masks)
     data = select_inputs(data, keep[0])
     err_removed = test_error(small, sp, None, data["xt"], data["yt"])
     pz = {

@@ -27,12 +27,12 @@ import os
 import statistics
 import time
 
+import common
 import jax
 import jax.numpy as jnp
 import optax
 
 import jaxprune
-from jaxprune import demo
 
 
 def _make_step(model, tx, donate):
@@ -109,10 +109,10 @@ def main():
     )
     models = args.models.split(",")
     if "mlp" in models:
-        bench("LeNet-300-100", demo.lenet_300_100(), 128, (28, 28, 1), args.rounds, args.steps)
+        bench("LeNet-300-100", common.LeNet300100(), 128, (28, 28, 1), args.rounds, args.steps)
     if "lenet5" in models:
         steps = max(args.steps // 4, 2)
-        bench("LeNet-5", demo.LeNet5(), 64, (28, 28, 1), args.rounds, steps)
+        bench("LeNet-5", common.LeNet5(), 64, (28, 28, 1), args.rounds, steps)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 

@@ -37,7 +37,7 @@ import platform
 import statistics
 import time
 
-import flax.linen as nn
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,44 +48,6 @@ from jaxprune import importance
 
 M = jaxprune.Member
 CRITERIA = ("random", "l1", "apoz", "taylor", "thinet", "nisp")
-
-
-# ---------------------------------------------------------------------------------------
-# Models (the taps do nothing outside importance.linen_taps).
-
-
-class LeNet5(nn.Module):
-    """LeNet-5 (Caffe widths) with a ReLU after each convolution (``conv_relu=True``)."""
-
-    widths: tuple[int, int, int] = (20, 50, 500)
-
-    @nn.compact
-    def __call__(self, x):
-        c1, c2, f1 = self.widths
-        x = importance.tap(
-            self, "conv1", nn.relu(nn.Conv(c1, (5, 5), padding="VALID", name="conv1")(x))
-        )
-        x = importance.tap(self, "pool1", nn.max_pool(x, (2, 2), (2, 2)))
-        x = importance.tap(
-            self, "conv2", nn.relu(nn.Conv(c2, (5, 5), padding="VALID", name="conv2")(x))
-        )
-        x = importance.tap(self, "pool2", nn.max_pool(x, (2, 2), (2, 2)))
-        x = x.reshape(x.shape[0], -1)
-        x = importance.tap(self, "fc1", nn.relu(nn.Dense(f1, name="fc1")(x)))
-        return nn.Dense(10, name="fc2")(x)
-
-
-class LeNet300(nn.Module):
-    """LeNet-300-100."""
-
-    widths: tuple[int, int] = (300, 100)
-
-    @nn.compact
-    def __call__(self, x):
-        x = x.reshape(x.shape[0], -1)
-        x = importance.tap(self, "fc1", nn.relu(nn.Dense(self.widths[0], name="fc1")(x)))
-        x = importance.tap(self, "fc2", nn.relu(nn.Dense(self.widths[1], name="fc2")(x)))
-        return nn.Dense(10, name="fc3")(x)
 
 
 def lenet5_spec():
@@ -112,7 +74,7 @@ def lenet5_spec():
     ]
     return dict(
         name="LeNet-5 (conv ReLU)",
-        make=lambda widths=(20, 50, 500): LeNet5(tuple(widths)),
+        make=lambda widths=(20, 50, 500): common.LeNet5(tuple(widths), conv_relu=True),
         widths=(20, 50, 500),
         groups=groups,
         thinet=thinet,
@@ -139,7 +101,9 @@ def lenet300_spec():
     ]
     return dict(
         name="LeNet-300-100",
-        make=lambda widths=(300, 100): LeNet300(tuple(widths)),
+        make=lambda widths=(300, 100): common.LeNet300100(
+            tuple(widths), names=("fc1", "fc2", "fc3")
+        ),
         widths=(300, 100),
         groups=groups,
         thinet=thinet,
@@ -227,7 +191,7 @@ def thinet_prune(model, params, spec, x, y, key, sparsity):
     for name, tap_name, kernel_path, member in spec["thinet"]:
         channels = jaxprune.check_groups(spec["groups"], params)[name]
         state = importance.thinet_init(channels)
-        kernel = _leaves(params_ls)[kernel_path]
+        kernel = _leaf(params_ls, kernel_path)
 
         @jax.jit
         def step(state, k, xb, yb, params_ls=params_ls, kernel=kernel, tap_name=tap_name):
@@ -281,32 +245,11 @@ def group_scores_for(criterion, model, params, spec, stats, responses, key):
     raise ValueError(criterion)
 
 
-def shrink(params, keep, groups):
-    """Host-side: slices the kept channels out of every member (a smaller dense network)."""
-    leaves = _leaves(params)
-    sizes = jaxprune.check_groups(groups, params)
-    cuts = {}
-    for g in groups:
-        for m in g.members:
-            length = leaves[m.path].shape[m.axis]
-            idx = jaxprune.channel_indices(m, sizes[g.name], length, np.asarray(keep[g.name]))
-            cuts.setdefault(m.path, []).append((m.axis, idx))
-
-    def cut(path, x):
-        x = np.asarray(x)
-        for axis, idx in cuts.get(_path(path), ()):
-            x = np.take(x, idx, axis=axis)
-        return jnp.asarray(x)
-
-    return jax.tree_util.tree_map_with_path(cut, params)
-
-
-def _path(path):
-    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
-
-
-def _leaves(params):
-    return {_path(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+def _leaf(params, path):
+    """The leaf of ``params`` at ``'a/b'``."""
+    for k in path.split("/"):
+        params = params[k]
+    return params
 
 
 # ---------------------------------------------------------------------------------------
@@ -366,7 +309,7 @@ def run_model(spec, data, seed, args, log):
             )
             keep = importance.select_groups(scores, args.sparsity)
         masked = _mask_groups(pruned_params, keep, groups)
-        small = shrink(masked, keep, groups)
+        small = jaxprune.shrink(masked, keep, groups)
         widths = tuple(int(np.sum(keep[g.name])) for g in groups)
         small_model = spec["make"](widths + tuple(spec["widths"][len(widths) :]))
         if small_widths is None:  # check once: masked and sliced networks agree
@@ -435,7 +378,7 @@ def fmt(values):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="mnist.npz (default: $JAXPRUNE_MNIST)")
+    common.add_data_arg(parser)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default="lenet300,lenet5")
     parser.add_argument("--criteria", default=",".join(CRITERIA))
@@ -452,7 +395,7 @@ def main():
     )
     args = parser.parse_args()
     args.criteria = [c for c in args.criteria.split(",") if c]
-    data = jaxprune.load_mnist(args.data)
+    data = common.load_mnist(args.data)
     if args.train_subset:
         data = data._replace(
             x_train=data.x_train[: args.train_subset], y_train=data.y_train[: args.train_subset]
