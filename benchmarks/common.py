@@ -399,7 +399,7 @@ def _cell(v: Any) -> str:
         return "-"
     if isinstance(v, float):
         return f"{v:.4g}"
-    return str(v)
+    return str(v).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -288,28 +288,8 @@ def plot_hist(path: str, title: str, series: dict[str, dict[str, np.ndarray]], x
 # Methods.
 
 
-def run_slimming(data, seed, args, log):
-    widths = (500, 300)
-    model = common.MLP(
-        widths, bn=True, scale_init=args.slimming_scale_init, torch_init=args.slimming_torch_init
-    )
-    v = model.init(jax.random.key(seed), data["x"][:2])
-    params, stats = v["params"], v["batch_stats"]
-    labels = jaxprune.linen.slimming_labels(v)
-    gammas0 = {f"bn{i}": np.abs(np.asarray(params[f"bn{i}"]["scale"])) for i in range(2)}
-    b, ep = 256, args.epochs
-    dense = None
-    if args.slimming_dense_epochs:  # a dense network first: warm start and/or teacher
-        de = args.slimming_dense_epochs
-        tx_d = optax.chain(
-            optax.add_decayed_weights(args.slimming_wd),
-            optax.sgd(sgd_schedule(0.1, de, b), momentum=0.9, nesterov=True),
-        )
-        dense = fit(model, params, stats, tx_d, data, de, b, seed + 500)
-        err_dense = test_error(model, *dense, data["xt"], data["yt"])
-        log(f"  dense network: {de} epochs without L1, error {err_dense:.2f}%")
-        if args.slimming_warm_start:
-            params, stats = dense
+def _slimming_tx(args, labels, ep: int, b: int):
+    """The sparsity-training optimizer of network slimming and its L1 epochs ``[start, stop)``."""
     if args.slimming_schedule == "step":
         sched = sgd_schedule(0.1, ep, b)
     else:
@@ -336,6 +316,63 @@ def run_slimming(data, seed, args, log):
                 learning_rate=sched,
             ),
         )
+    return tx, (l1_start, l1_stop)
+
+
+def _slimming_finetune(model, small, trained, removed, dense, data, seed, args, log) -> float:
+    """Fine-tunes the removed network ``removed = (params, stats)``, distilling from
+    ``trained`` (or ``dense``) if asked; returns its test error."""
+    params, stats = trained
+    sp, ss = removed
+    fe, fb = args.finetune_epochs, args.slimming_finetune_batch
+    ft_sched = (
+        sgd_schedule(args.slimming_finetune_lr, fe, fb)
+        if args.slimming_finetune_schedule == "step"
+        else optax.cosine_decay_schedule(args.slimming_finetune_lr, max(1, fe * (N_TRAIN // fb)))
+    )
+    tx_ft = optax.chain(
+        optax.add_decayed_weights(args.slimming_finetune_wd),
+        optax.sgd(ft_sched, momentum=0.9, nesterov=True),
+    )
+    teacher = None
+    if args.slimming_distill:  # by default the sparsity-trained network before removal
+        variables = {"params": params, "batch_stats": stats}
+        if args.slimming_distill_teacher == "dense":
+            variables = {"params": dense[0], "batch_stats": dense[1]}
+        logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, data["x"])
+        teacher = (logits, args.slimming_distill, args.slimming_distill_temperature)
+        log(
+            f"  fine-tuning distills from the {args.slimming_distill_teacher} network: alpha "
+            f"{args.slimming_distill}, temperature {args.slimming_distill_temperature}"
+        )
+    sp, ss = fit(small, sp, ss, tx_ft, data, fe, fb, seed + 1000, log=log, teacher=teacher)
+    err_ft = test_error(small, sp, ss, data["xt"], data["yt"])
+    return err_ft
+
+
+def run_slimming(data, seed, args, log):
+    widths = (500, 300)
+    model = common.MLP(
+        widths, bn=True, scale_init=args.slimming_scale_init, torch_init=args.slimming_torch_init
+    )
+    v = model.init(jax.random.key(seed), data["x"][:2])
+    params, stats = v["params"], v["batch_stats"]
+    labels = jaxprune.linen.slimming_labels(v)
+    gammas0 = {f"bn{i}": np.abs(np.asarray(params[f"bn{i}"]["scale"])) for i in range(2)}
+    b, ep = 256, args.epochs
+    dense = None
+    if args.slimming_dense_epochs:  # a dense network first: warm start and/or teacher
+        de = args.slimming_dense_epochs
+        tx_d = optax.chain(
+            optax.add_decayed_weights(args.slimming_wd),
+            optax.sgd(sgd_schedule(0.1, de, b), momentum=0.9, nesterov=True),
+        )
+        dense = fit(model, params, stats, tx_d, data, de, b, seed + 500)
+        err_dense = test_error(model, *dense, data["xt"], data["yt"])
+        log(f"  dense network: {de} epochs without L1, error {err_dense:.2f}%")
+        if args.slimming_warm_start:
+            params, stats = dense
+    tx, (l1_start, l1_stop) = _slimming_tx(args, labels, ep, b)
     log(
         f"  sparsity training: {ep} epochs, L1 on BN scales ({args.slimming_mode}), "
         f"lambda={args.slimming_lambda} during epochs [{l1_start}, {l1_stop}), scale init "
@@ -370,29 +407,9 @@ def run_slimming(data, seed, args, log):
         f"{err_removed_nofold:.2f}%); global threshold {float(glob.threshold):.4g} with "
         f"floor 1 would give 784-{glob_widths}-10"
     )
-    fe, fb = args.finetune_epochs, args.slimming_finetune_batch
-    ft_sched = (
-        sgd_schedule(args.slimming_finetune_lr, fe, fb)
-        if args.slimming_finetune_schedule == "step"
-        else optax.cosine_decay_schedule(args.slimming_finetune_lr, max(1, fe * (N_TRAIN // fb)))
+    err_ft = _slimming_finetune(
+        model, small, (params, stats), (sp, ss), dense, data, seed, args, log
     )
-    tx_ft = optax.chain(
-        optax.add_decayed_weights(args.slimming_finetune_wd),
-        optax.sgd(ft_sched, momentum=0.9, nesterov=True),
-    )
-    teacher = None
-    if args.slimming_distill:  # by default the sparsity-trained network before removal
-        variables = {"params": params, "batch_stats": stats}
-        if args.slimming_distill_teacher == "dense":
-            variables = {"params": dense[0], "batch_stats": dense[1]}
-        logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, data["x"])
-        teacher = (logits, args.slimming_distill, args.slimming_distill_temperature)
-        log(
-            f"  fine-tuning distills from the {args.slimming_distill_teacher} network: alpha "
-            f"{args.slimming_distill}, temperature {args.slimming_distill_temperature}"
-        )
-    sp, ss = fit(small, sp, ss, tx_ft, data, fe, fb, seed + 1000, log=log, teacher=teacher)
-    err_ft = test_error(small, sp, ss, data["xt"], data["yt"])
     err_scratch = None
     if args.slimming_scratch:  # control: the pruned widths trained from scratch, same recipe
         vs = small.init(jax.random.key(seed + 2000), data["x"][:2])
@@ -565,7 +582,7 @@ XLABEL = {"slimming": "|gamma|", "ssl": "group norm", "l0": "P(z != 0)"}
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="all", choices=[*METHODS, "all"])
-    parser.add_argument("--data", default=None, help="mnist.npz (default: $JAXPRUNE_MNIST)")
+    common.add_data_arg(parser)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=None, help="sparsity-training epochs")
     parser.add_argument("--finetune-epochs", type=int, default=None)
@@ -615,7 +632,9 @@ def main():
     parser.add_argument("--l0-lr", type=float, default=1e-3)
     parser.add_argument("--l0-schedule", default="cosine", choices=["constant", "cosine"])
     parser.add_argument("--plot-dir", default="benchmarks/plots")
-    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--json", default=None, help="also write the results here (.json, plus a .md table)"
+    )
     args = parser.parse_args()
     needs_dense = args.slimming_warm_start or args.slimming_distill_teacher == "dense"
     if needs_dense and not args.slimming_dense_epochs:
@@ -623,7 +642,7 @@ def main():
             "--slimming-warm-start / --slimming-distill-teacher dense need "
             "--slimming-dense-epochs N"
         )
-    mnist = jaxprune.load_mnist(args.data)
+    mnist = common.load_mnist(args.data)
     data = {
         "x": jnp.asarray(mnist.x_train.reshape(-1, 784)),
         "y": jnp.asarray(mnist.y_train),
@@ -677,8 +696,10 @@ def main():
             print(f"[{name}] control, pruned widths from scratch: {med['error_scratch']:.2f}%")
         results[name] = {"runs": rows, "median": med}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1, default=str)
+        runs = [r for res in results.values() for r in res["runs"]]
+        median = {name: res["median"] for name, res in results.items()}
+        payload = {"args": vars(args), "runs": runs, "median": median}
+        print(f"results: {common.write_result(args.json, payload)}")
 
 
 if __name__ == "__main__":

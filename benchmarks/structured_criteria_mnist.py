@@ -24,8 +24,9 @@ Run from the repository root::
 
     python benchmarks/structured_criteria_mnist.py --data PATH/mnist.npz --seeds 0,1,2
 
-(or set ``JAXPRUNE_MNIST``). ``--inf-fs-pixels 10000`` instead runs the B10 unit benchmark:
-Inf-FS on MNIST pixels against a float64 NumPy/SciPy reference (needs SciPy).
+(or set ``JAXPRUNE_MNIST``); ``--json FILE`` also writes the per-seed accuracies (with
+``common.run_meta``) and a Markdown table. ``--inf-fs-pixels 10000`` instead runs the B10
+unit benchmark: Inf-FS on MNIST pixels against a float64 NumPy/SciPy reference (needs SciPy).
 """
 
 from __future__ import annotations
@@ -393,6 +394,9 @@ def main():
     parser.add_argument(
         "--inf-fs-pixels", type=int, default=0, help="B10: run Inf-FS on N MNIST pixel rows only"
     )
+    parser.add_argument(
+        "--json", default=None, help="also write the results here (.json, plus a .md table)"
+    )
     args = parser.parse_args()
     args.criteria = [c for c in args.criteria.split(",") if c]
     data = common.load_mnist(args.data)
@@ -412,7 +416,7 @@ def main():
         inf_fs_pixels(data, args.inf_fs_pixels, log)
         return
     t_start = time.perf_counter()
-    tables = []
+    tables, rows = [], []
     for name in args.models.split(","):
         spec = specs[name]()
         log(f"{spec['name']}:")
@@ -420,8 +424,12 @@ def main():
         for seed in seeds:
             d, res = run_model(spec, data, seed, args, log)
             dense.append(d)
+            rows.append({"model": name, "seed": seed, "criterion": "dense", "before": d})
             for c, v in res.items():
                 per.setdefault(c, []).append(v)
+                rows.append(
+                    {"model": name, "seed": seed, "criterion": c, "before": v[0], "after": v[1]}
+                )
         lines = [
             f"### {spec['name']}: prune {args.sparsity:.0%} of every prunable layer "
             f"(mean ± std over seeds {seeds}, test accuracy %)",
@@ -445,6 +453,9 @@ def main():
         log(tables[-1])
         log("")
     log(f"total {time.perf_counter() - t_start:.0f} s")
+    if args.json:
+        payload = {"args": vars(args), "runs": rows, "tables": tables}
+        log(f"results: {common.write_result(args.json, payload)}")
 
 
 if __name__ == "__main__":
