@@ -384,6 +384,11 @@ def run_meta(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
 
 
+def print_meta() -> None:
+    """Prints :func:`run_meta` as one ``meta {...}`` line (for the scripts that only print)."""
+    print("meta " + json.dumps(run_meta()), flush=True)
+
+
 def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in row.items():

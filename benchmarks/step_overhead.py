@@ -103,6 +103,7 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--models", default="mlp,lenet5")
     args = parser.parse_args()
+    common.print_meta()
     print(
         f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.2f}"
