@@ -2,7 +2,7 @@
 
 The scripts in ``benchmarks/`` are run as ``python benchmarks/<script>.py`` from the
 repository root; Python puts the script's directory on ``sys.path``, so they ``import common``.
-Only public ``jaxprune`` names are used here (no ``jaxprune._src``, nothing from the shipped
+Only public ``jaxprune`` names are used here (no private modules, nothing from the shipped
 ``jaxprune.demo``).
 
 Result files. :func:`write_result` writes ``<name>.json`` holding ``{"meta": ..., **payload}``
