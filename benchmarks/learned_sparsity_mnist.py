@@ -579,7 +579,8 @@ DEFAULT_EPOCHS = {"slimming": (30, 30), "ssl": (30, 20), "l0": (100, 0)}
 XLABEL = {"slimming": "|gamma|", "ssl": "group norm", "l0": "P(z != 0)"}
 
 
-def main():
+def make_parser() -> argparse.ArgumentParser:
+    """The command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="all", choices=[*METHODS, "all"])
     common.add_data_arg(parser)
@@ -635,6 +636,11 @@ def main():
     parser.add_argument(
         "--json", default=None, help="also write the results here (.json, plus a .md table)"
     )
+    return parser
+
+
+def main():
+    parser = make_parser()
     args = parser.parse_args()
     needs_dense = args.slimming_warm_start or args.slimming_distill_teacher == "dense"
     if needs_dense and not args.slimming_dense_epochs:
