@@ -76,7 +76,9 @@ def bench(name, model, batch, shape, rounds, steps):
             fn = _make_step(model, tx, donate)
             start = pruned0 if tname == "dense (pruned start)" else params0
             p = jax.tree.map(jnp.copy, start)
-            s = tx.init(p)
+            # Fresh buffers per leaf: init may return one array for several leaves, which
+            # the donating step cannot take twice.
+            s = jax.tree.map(jnp.copy, tx.init(p))
             p, s = fn(p, s, x, y)  # compile
             jax.block_until_ready(p)
             variants[(tname, donate)] = [fn, p, s, []]
