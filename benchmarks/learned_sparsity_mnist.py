@@ -52,6 +52,7 @@ import os
 import statistics
 import time
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,39 +68,6 @@ N_TRAIN = 60_000
 
 # ---------------------------------------------------------------------------------------
 # Models.
-
-
-class MLP(nn.Module):
-    """Dense -> [BatchNorm] -> ReLU per hidden layer; Dense layers ``fc0..fcL``."""
-
-    widths: tuple[int, ...]
-    bn: bool = False
-    scale_init: float = 0.5
-    torch_init: bool = False  # PyTorch nn.Linear's default init (the authors' code)
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        def dense(w, name):
-            if not self.torch_init:
-                return nn.Dense(w, name=name)
-            bound = 1.0 / np.sqrt(x.shape[-1])  # U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-
-            def uniform(key, shape, dtype=jnp.float32):
-                return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-            return nn.Dense(w, kernel_init=uniform, bias_init=uniform, name=name)
-
-        for i, w in enumerate(self.widths):
-            x = dense(w, f"fc{i}")(x)
-            if self.bn:
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=0.9,
-                    scale_init=nn.initializers.constant(self.scale_init),
-                    name=f"bn{i}",
-                )(x)
-            x = nn.relu(x)
-        return dense(10, f"fc{len(self.widths)}")(x)
 
 
 class L0MLP(nn.Module):
@@ -225,44 +193,57 @@ def sgd_schedule(lr: float, epochs: int, batch: int):
 # Physical removal of MLP units (host side).
 
 
-def slice_mlp(params, stats, keep: list[np.ndarray], *, fold_bn_shift: bool = False):
-    """Keeps units ``keep[l]`` of every layer boundary ``l`` (0 = inputs, then hidden layers).
+def remove_units(model, params, stats, group_masks, *, fold_bn_shift: bool = False):
+    """The smaller MLP's ``(params, stats)``: ``jaxprune.shrink`` with :func:`unit_groups`.
 
-    With ``fold_bn_shift``, a removed hidden unit's constant output ``relu(beta)`` (its BN
-    shift, what it still emits once its scale is ~0) is added to the next layer's bias.
+    ``group_masks`` has a bool vector for ``"in"`` (input pixels) and every hidden layer
+    ``"h0"``, ``"h1"``, ... With ``fold_bn_shift``, a removed hidden unit's constant output
+    ``relu(beta)`` (its BN shift, what it still emits once its scale is ~0) is added to the
+    next layer's bias: the removed units' BN scales are set to 0 (the premise of network
+    slimming), then ``jaxprune.fold_forward`` moves the now constant ``relu(beta)`` into the
+    consumers' biases before shrinking.
     """
-    params = jax.tree.map(np.asarray, params)
-    stats = None if stats is None else jax.tree.map(np.asarray, stats)
-    n_dense = len([k for k in params if k.startswith("fc")])
-    new_p, new_s = {}, ({} if stats is not None else None)
-    for i in range(n_dense):
-        k = params[f"fc{i}"]["kernel"]
-        b = params[f"fc{i}"]["bias"].copy()
-        rows = keep[i] if i < len(keep) else np.arange(k.shape[0])
-        cols = keep[i + 1] if i + 1 < len(keep) else np.arange(k.shape[1])
-        if fold_bn_shift and i >= 1 and f"bn{i - 1}" in params:
-            dead = np.setdiff1d(np.arange(k.shape[0]), rows)
-            beta = params[f"bn{i - 1}"]["bias"][dead]
-            b = b + np.maximum(beta, 0.0) @ k[dead]
-        new_p[f"fc{i}"] = {"kernel": k[np.ix_(rows, cols)], "bias": b[cols]}
-        if f"bn{i}" in params:
-            new_p[f"bn{i}"] = {n: v[cols] for n, v in params[f"bn{i}"].items()}
-            new_s[f"bn{i}"] = {n: v[cols] for n, v in stats[f"bn{i}"].items()}
-    return jax.tree.map(jnp.asarray, new_p), (
-        None if new_s is None else jax.tree.map(jnp.asarray, new_s)
-    )
+    n_hidden = len([k for k in params if k.startswith("fc")]) - 1
+    bn = stats is not None
+    variables = {"params": params, **({"batch_stats": stats} if bn else {})}
+    groups = unit_groups(n_hidden, bn, collection=True)
+    if fold_bn_shift:
+        p = dict(params)
+        for i in range(n_hidden):
+            keep = jnp.asarray(group_masks[f"h{i}"], params[f"bn{i}"]["scale"].dtype)
+            p[f"bn{i}"] = {**p[f"bn{i}"], "scale": p[f"bn{i}"]["scale"] * keep}
+        hidden = [g for g in groups if g.name != "in"]
+        variables, _ = jaxprune.fold_forward(
+            lambda v, x: model.apply(v, x, train=False),
+            {**variables, "params": p},
+            group_masks,
+            hidden,
+            jnp.zeros((1, params["fc0"]["kernel"].shape[0]), jnp.float32),
+        )
+    small = jaxprune.shrink(variables, group_masks, groups)
+    return small["params"], (small["batch_stats"] if bn else None)
+
+
+def unit_groups(n_hidden: int, bn: bool, *, collection: bool = False) -> list[jaxprune.Group]:
+    """``"in"`` (rows of the first kernel) and one group per hidden layer ``h<i>``: the unit's
+    input column, bias, BN entries (and running statistics) and output row. With
+    ``collection``, member paths name a Linen ``variables`` tree (``params/...``)."""
+    p, s = ("params/", "batch_stats/") if collection else ("", "")
+    groups = [G("in", (M(f"{p}fc0/kernel", 0),))]
+    for i in range(n_hidden):
+        members = [M(f"{p}fc{i}/kernel", 1), M(f"{p}fc{i}/bias", 0)]
+        if bn:
+            members += [M(f"{p}bn{i}/scale", 0), M(f"{p}bn{i}/bias", 0)]
+            if collection:
+                members += [M(f"{s}bn{i}/mean", 0), M(f"{s}bn{i}/var", 0)]
+        members.append(M(f"{p}fc{i + 1}/kernel", 0))
+        groups.append(G(f"h{i}", tuple(members)))
+    return groups
 
 
 def neuron_groups(widths: tuple[int, ...], bn: bool) -> list[jaxprune.Group]:
     """One group per hidden layer: the unit's input column, bias, BN entries, output row."""
-    groups = []
-    for i in range(len(widths)):
-        members = [M(f"fc{i}/kernel", 1), M(f"fc{i}/bias", 0)]
-        if bn:
-            members += [M(f"bn{i}/scale", 0), M(f"bn{i}/bias", 0)]
-        members.append(M(f"fc{i + 1}/kernel", 0))
-        groups.append(G(f"h{i}", tuple(members)))
-    return groups
+    return unit_groups(len(widths), bn)[1:]
 
 
 def select_inputs(data, keep_in: np.ndarray):
@@ -307,28 +288,8 @@ def plot_hist(path: str, title: str, series: dict[str, dict[str, np.ndarray]], x
 # Methods.
 
 
-def run_slimming(data, seed, args, log):
-    widths = (500, 300)
-    model = MLP(
-        widths, bn=True, scale_init=args.slimming_scale_init, torch_init=args.slimming_torch_init
-    )
-    v = model.init(jax.random.key(seed), data["x"][:2])
-    params, stats = v["params"], v["batch_stats"]
-    labels = jaxprune.linen.slimming_labels(v)
-    gammas0 = {f"bn{i}": np.abs(np.asarray(params[f"bn{i}"]["scale"])) for i in range(2)}
-    b, ep = 256, args.epochs
-    dense = None
-    if args.slimming_dense_epochs:  # a dense network first: warm start and/or teacher
-        de = args.slimming_dense_epochs
-        tx_d = optax.chain(
-            optax.add_decayed_weights(args.slimming_wd),
-            optax.sgd(sgd_schedule(0.1, de, b), momentum=0.9, nesterov=True),
-        )
-        dense = fit(model, params, stats, tx_d, data, de, b, seed + 500)
-        err_dense = test_error(model, *dense, data["xt"], data["yt"])
-        log(f"  dense network: {de} epochs without L1, error {err_dense:.2f}%")
-        if args.slimming_warm_start:
-            params, stats = dense
+def _slimming_tx(args, labels, ep: int, b: int):
+    """The sparsity-training optimizer of network slimming and its L1 epochs ``[start, stop)``."""
     if args.slimming_schedule == "step":
         sched = sgd_schedule(0.1, ep, b)
     else:
@@ -355,39 +316,14 @@ def run_slimming(data, seed, args, log):
                 learning_rate=sched,
             ),
         )
-    log(
-        f"  sparsity training: {ep} epochs, L1 on BN scales ({args.slimming_mode}), "
-        f"lambda={args.slimming_lambda} during epochs [{l1_start}, {l1_stop}), scale init "
-        f"{args.slimming_scale_init}, {'PyTorch' if args.slimming_torch_init else 'Flax'} init, "
-        f"weight decay {args.slimming_wd}"
-    )
-    params, stats = fit(model, params, stats, tx, data, ep, b, seed, log=log)
-    err_trained = test_error(model, params, stats, data["xt"], data["yt"])
-    gammas = {f"bn{i}": np.abs(np.asarray(params[f"bn{i}"]["scale"])) for i in range(2)}
-    groups = neuron_groups(widths, bn=True)
-    sel = jaxprune.slimming_masks(params, groups, args.prune_ratio, prunable=labels, per_group=True)
-    glob = jaxprune.slimming_masks(params, groups, args.prune_ratio, prunable=labels, min_keep=1)
-    keep = [np.arange(784)] + [np.flatnonzero(np.asarray(sel.group_masks[g.name])) for g in groups]
-    glob_widths = "-".join(str(int(np.sum(glob.group_masks[g.name]))) for g in groups)
-    small = MLP(tuple(len(k) for k in keep[1:]), bn=True)
-    sp, ss = slice_mlp(params, stats, keep, fold_bn_shift=True)
-    if args.slimming_rebalance:  # exact: relu(c z) = c relu(z), undone by fc1's kernel / c
-        c = args.slimming_rebalance / float(jnp.mean(jnp.abs(sp["bn0"]["scale"])))
-        sp = {**sp, "bn0": jax.tree.map(lambda a: a * c, sp["bn0"])}
-        sp["fc1"] = {**sp["fc1"], "kernel": sp["fc1"]["kernel"] / c}
-    err_removed = test_error(small, sp, ss, data["xt"], data["yt"])
-    sp0, ss0 = slice_mlp(params, stats, keep, fold_bn_shift=False)
-    err_removed_nofold = test_error(small, sp0, ss0, data["xt"], data["yt"])
-    log(
-        f"  after sparsity training: error {err_trained:.2f}%; per-layer |gamma| < 1e-2: "
-        + ", ".join(f"{k} {np.mean(v < 1e-2):.1%}" for k, v in gammas.items())
-    )
-    log(
-        f"  pruned {args.prune_ratio:.0%} per layer: 784-500-300-10 -> {widths_str(keep)}; "
-        f"error right after removal {err_removed:.2f}% (without folding the BN shift: "
-        f"{err_removed_nofold:.2f}%); global threshold {float(glob.threshold):.4g} with "
-        f"floor 1 would give 784-{glob_widths}-10"
-    )
+    return tx, (l1_start, l1_stop)
+
+
+def _slimming_finetune(model, small, trained, removed, dense, data, seed, args, log) -> float:
+    """Fine-tunes the removed network ``removed = (params, stats)``, distilling from
+    ``trained`` (or ``dense``) if asked; returns its test error."""
+    params, stats = trained
+    sp, ss = removed
     fe, fb = args.finetune_epochs, args.slimming_finetune_batch
     ft_sched = (
         sgd_schedule(args.slimming_finetune_lr, fe, fb)
@@ -411,6 +347,69 @@ def run_slimming(data, seed, args, log):
         )
     sp, ss = fit(small, sp, ss, tx_ft, data, fe, fb, seed + 1000, log=log, teacher=teacher)
     err_ft = test_error(small, sp, ss, data["xt"], data["yt"])
+    return err_ft
+
+
+def run_slimming(data, seed, args, log):
+    widths = (500, 300)
+    model = common.MLP(
+        widths, bn=True, scale_init=args.slimming_scale_init, torch_init=args.slimming_torch_init
+    )
+    v = model.init(jax.random.key(seed), data["x"][:2])
+    params, stats = v["params"], v["batch_stats"]
+    labels = jaxprune.linen.slimming_labels(v)
+    gammas0 = {f"bn{i}": np.abs(np.asarray(params[f"bn{i}"]["scale"])) for i in range(2)}
+    b, ep = 256, args.epochs
+    dense = None
+    if args.slimming_dense_epochs:  # a dense network first: warm start and/or teacher
+        de = args.slimming_dense_epochs
+        tx_d = optax.chain(
+            optax.add_decayed_weights(args.slimming_wd),
+            optax.sgd(sgd_schedule(0.1, de, b), momentum=0.9, nesterov=True),
+        )
+        dense = fit(model, params, stats, tx_d, data, de, b, seed + 500)
+        err_dense = test_error(model, *dense, data["xt"], data["yt"])
+        log(f"  dense network: {de} epochs without L1, error {err_dense:.2f}%")
+        if args.slimming_warm_start:
+            params, stats = dense
+    tx, (l1_start, l1_stop) = _slimming_tx(args, labels, ep, b)
+    log(
+        f"  sparsity training: {ep} epochs, L1 on BN scales ({args.slimming_mode}), "
+        f"lambda={args.slimming_lambda} during epochs [{l1_start}, {l1_stop}), scale init "
+        f"{args.slimming_scale_init}, {'PyTorch' if args.slimming_torch_init else 'Flax'} init, "
+        f"weight decay {args.slimming_wd}"
+    )
+    params, stats = fit(model, params, stats, tx, data, ep, b, seed, log=log)
+    err_trained = test_error(model, params, stats, data["xt"], data["yt"])
+    gammas = {f"bn{i}": np.abs(np.asarray(params[f"bn{i}"]["scale"])) for i in range(2)}
+    groups = neuron_groups(widths, bn=True)
+    sel = jaxprune.slimming_masks(params, groups, args.prune_ratio, prunable=labels, per_group=True)
+    glob = jaxprune.slimming_masks(params, groups, args.prune_ratio, prunable=labels, min_keep=1)
+    keep = [np.arange(784)] + [np.flatnonzero(np.asarray(sel.group_masks[g.name])) for g in groups]
+    glob_widths = "-".join(str(int(np.sum(glob.group_masks[g.name]))) for g in groups)
+    small = common.MLP(tuple(len(k) for k in keep[1:]), bn=True)
+    masks = {"in": np.ones(784, bool), **{g.name: sel.group_masks[g.name] for g in groups}}
+    sp, ss = remove_units(model, params, stats, masks, fold_bn_shift=True)
+    if args.slimming_rebalance:  # exact: relu(c z) = c relu(z), undone by fc1's kernel / c
+        c = args.slimming_rebalance / float(jnp.mean(jnp.abs(sp["bn0"]["scale"])))
+        sp = {**sp, "bn0": jax.tree.map(lambda a: a * c, sp["bn0"])}
+        sp["fc1"] = {**sp["fc1"], "kernel": sp["fc1"]["kernel"] / c}
+    err_removed = test_error(small, sp, ss, data["xt"], data["yt"])
+    sp0, ss0 = remove_units(model, params, stats, masks)
+    err_removed_nofold = test_error(small, sp0, ss0, data["xt"], data["yt"])
+    log(
+        f"  after sparsity training: error {err_trained:.2f}%; per-layer |gamma| < 1e-2: "
+        + ", ".join(f"{k} {np.mean(v < 1e-2):.1%}" for k, v in gammas.items())
+    )
+    log(
+        f"  pruned {args.prune_ratio:.0%} per layer: 784-500-300-10 -> {widths_str(keep)}; "
+        f"error right after removal {err_removed:.2f}% (without folding the BN shift: "
+        f"{err_removed_nofold:.2f}%); global threshold {float(glob.threshold):.4g} with "
+        f"floor 1 would give 784-{glob_widths}-10"
+    )
+    err_ft = _slimming_finetune(
+        model, small, (params, stats), (sp, ss), dense, data, seed, args, log
+    )
     err_scratch = None
     if args.slimming_scratch:  # control: the pruned widths trained from scratch, same recipe
         vs = small.init(jax.random.key(seed + 2000), data["x"][:2])
@@ -445,7 +444,7 @@ def run_slimming(data, seed, args, log):
 
 def run_ssl(data, seed, args, log):
     widths = (500, 300)
-    model = MLP(widths, bn=False)
+    model = common.MLP(widths, bn=False)
     params = model.init(jax.random.key(seed), data["x"][:2])["params"]
     groups = neuron_groups(widths, bn=False)
     inputs = G("in", (M("fc0/kernel", 0),))
@@ -464,8 +463,9 @@ def run_ssl(data, seed, args, log):
     norms = {k: np.asarray(v) for k, v in jaxprune.group_norms(params, [*groups, inputs]).items()}
     sel = jaxprune.group_norm_masks(params, [*groups, inputs], args.ssl_threshold, min_keep=1)
     keep = [np.flatnonzero(np.asarray(sel.group_masks[n])) for n in ("in", "h0", "h1")]
-    small = MLP(tuple(len(k) for k in keep[1:]))
-    sp, _ = slice_mlp(params, None, keep)
+    small = common.MLP(tuple(len(k) for k in keep[1:]))
+    masks = {n: sel.group_masks[n] for n in ("in", "h0", "h1")}
+    sp, _ = remove_units(model, params, None, masks)
     data = select_inputs(data, keep[0])
     err_removed = test_error(small, sp, None, data["xt"], data["yt"])
     log(
@@ -536,8 +536,9 @@ def run_l0(data, seed, args, log):
     keep = [np.flatnonzero(np.asarray(sel.group_masks[f"in{i}"])) for i in range(3)]
     folded = jaxprune.fold_gates(params, groups)
     plain = {k: v for k, v in folded.items() if k.startswith("fc")}
-    small = MLP(tuple(len(k) for k in keep[1:]))
-    sp, _ = slice_mlp(plain, None, keep)
+    small = common.MLP(tuple(len(k) for k in keep[1:]))
+    masks = {n: sel.group_masks[f"in{i}"] for i, n in enumerate(("in", "h0", "h1"))}
+    sp, _ = remove_units(model, plain, None, masks)
     data = select_inputs(data, keep[0])
     err_removed = test_error(small, sp, None, data["xt"], data["yt"])
     pz = {
@@ -578,10 +579,11 @@ DEFAULT_EPOCHS = {"slimming": (30, 30), "ssl": (30, 20), "l0": (100, 0)}
 XLABEL = {"slimming": "|gamma|", "ssl": "group norm", "l0": "P(z != 0)"}
 
 
-def main():
+def make_parser() -> argparse.ArgumentParser:
+    """The command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="all", choices=[*METHODS, "all"])
-    parser.add_argument("--data", default=None, help="mnist.npz (default: $JAXPRUNE_MNIST)")
+    common.add_data_arg(parser)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=None, help="sparsity-training epochs")
     parser.add_argument("--finetune-epochs", type=int, default=None)
@@ -631,7 +633,14 @@ def main():
     parser.add_argument("--l0-lr", type=float, default=1e-3)
     parser.add_argument("--l0-schedule", default="cosine", choices=["constant", "cosine"])
     parser.add_argument("--plot-dir", default="benchmarks/plots")
-    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--json", default=None, help="also write the results here (.json, plus a .md table)"
+    )
+    return parser
+
+
+def main():
+    parser = make_parser()
     args = parser.parse_args()
     needs_dense = args.slimming_warm_start or args.slimming_distill_teacher == "dense"
     if needs_dense and not args.slimming_dense_epochs:
@@ -639,7 +648,7 @@ def main():
             "--slimming-warm-start / --slimming-distill-teacher dense need "
             "--slimming-dense-epochs N"
         )
-    mnist = jaxprune.load_mnist(args.data)
+    mnist = common.load_mnist(args.data)
     data = {
         "x": jnp.asarray(mnist.x_train.reshape(-1, 784)),
         "y": jnp.asarray(mnist.y_train),
@@ -693,8 +702,10 @@ def main():
             print(f"[{name}] control, pruned widths from scratch: {med['error_scratch']:.2f}%")
         results[name] = {"runs": rows, "median": med}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1, default=str)
+        runs = [r for res in results.values() for r in res["runs"]]
+        median = {name: res["median"] for name, res in results.items()}
+        payload = {"args": vars(args), "runs": runs, "median": median}
+        print(f"results: {common.write_result(args.json, payload)}")
 
 
 if __name__ == "__main__":

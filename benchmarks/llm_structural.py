@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,6 +38,7 @@ def main():
     ap.add_argument("--calib-seqs", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
+    common.print_meta()
 
     t0 = time.perf_counter()
     dense = gguf_loader.load()

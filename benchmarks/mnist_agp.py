@@ -14,19 +14,18 @@ Run: ``python benchmarks/mnist_agp.py --data PATH/mnist.npz [--seeds 0,1,2]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 
+import common
 import jax
 import optax
 
 import jaxprune
-from jaxprune import demo
 
 
 def run(data, target, distribution, seed, args):
-    model = demo.lenet_300_100()
+    model = common.LeNet300100()
     params = model.init(jax.random.key(seed), data.x_train[:1])["params"]
     spe = data.x_train.shape[0] // 128
     begin, end, dt = args.begin_epoch * spe, args.end_epoch * spe, args.dt
@@ -45,9 +44,9 @@ def run(data, target, distribution, seed, args):
             end_step=begin + events * dt,
         ),
     )
-    params, state = demo.fit(model, params, data, tx, args.epochs, seed=seed)
+    params, state = common.fit(model, params, data, tx, args.epochs, seed=seed)
     masks = jaxprune.masks(state)
-    acc = demo.test_accuracy(model, params, data)
+    acc = common.test_accuracy(model, params, data)
     stats = jaxprune.summary(params, masks, print_fn=None)
     return {
         "error": 100 * (1 - acc),
@@ -61,7 +60,7 @@ def run(data, target, distribution, seed, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="mnist.npz (default: $JAXPRUNE_MNIST)")
+    common.add_data_arg(parser)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--targets", default="0.95,0.98")
     parser.add_argument("--distributions", default="uniform,erk,global")
@@ -73,7 +72,7 @@ def main():
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    data = jaxprune.load_mnist(args.data)
+    data = common.load_mnist(args.data)
     print(f"args: {vars(args)}; load average {os.getloadavg()[0]:.2f}", flush=True)
     results = {}
     for target in [float(t) for t in args.targets.split(",")]:
@@ -94,8 +93,11 @@ def main():
         )
         print(f"target {target:.0%}: lowest median error with {best}", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=1)
+        rows = []
+        for key, runs in results.items():
+            target, dist = key.split("/")
+            rows += [{"target": float(target), "distribution": dist, **r} for r in runs]
+        common.write_result(args.json, {"args": vars(args), "runs": rows})
 
 
 if __name__ == "__main__":

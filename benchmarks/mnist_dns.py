@@ -19,22 +19,21 @@ Run: ``python benchmarks/mnist_dns.py --data PATH/mnist.npz [--seeds 0,1,2]``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 
+import common
 import jax
 import numpy as np
 import optax
 
 import jaxprune
-from jaxprune import demo
 
 KERNELS = ("Dense_0", "Dense_1", "Dense_2")
 
 
 def run(data, args, seed):
-    model = demo.lenet_300_100()
+    model = common.LeNet300100()
     params = model.init(jax.random.key(seed), data.x_train[:1])["params"]
     steps = data.x_train.shape[0] // args.batch_size
 
@@ -55,13 +54,13 @@ def run(data, args, seed):
         params = jax.tree.unflatten(jax.tree.structure(params), leaves)
     else:
         tx = sgd(args.lr, args.dense_epochs)
-        params, _ = demo.fit(
+        params, _ = common.fit(
             model, params, data, tx, args.dense_epochs, seed=seed, batch_size=args.batch_size
         )
         if cache is not None:
             leaves = jax.tree.leaves(params)
             np.savez(cache, **{f"p{i}": np.asarray(x) for i, x in enumerate(leaves)})
-    dense_acc = demo.test_accuracy(model, params, data)
+    dense_acc = common.test_accuracy(model, params, data)
 
     c_rates = [float(c) for c in args.c_rates.split(",")]
     c_tree = {name: {"kernel": c, "bias": None} for name, c in zip(KERNELS, c_rates, strict=True)}
@@ -80,7 +79,7 @@ def run(data, args, seed):
                 history["spliced"] += int(np.sum(~history["prev"][k] & m[k]))
         history["prev"] = m
 
-    params, state = demo.fit(
+    params, state = common.fit(
         model,
         params,
         data,
@@ -92,16 +91,16 @@ def run(data, args, seed):
         on_epoch=track,
     )
     masks = jaxprune.masks(state)
-    surgery_acc = demo.test_accuracy(model, params, data, masks)
+    surgery_acc = common.test_accuracy(model, params, data, masks)
     params = jaxprune.apply_masks(params, masks)
     tx = optax.chain(
         sgd(args.finetune_lr, args.finetune_epochs, end=0.05, wd=args.finetune_weight_decay),
         jaxprune.keep_masks(masks),
     )
-    params, _ = demo.fit(
+    params, _ = common.fit(
         model, params, data, tx, args.finetune_epochs, seed=seed + 2000, batch_size=args.batch_size
     )
-    acc = demo.test_accuracy(model, params, data)
+    acc = common.test_accuracy(model, params, data)
     stats = jaxprune.summary(params, masks, print_fn=None)
     densities = {
         r.path: round(1 - r.sparsity, 4) for r in stats.layers if r.path.endswith("kernel")
@@ -131,7 +130,7 @@ def run(data, args, seed):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="mnist.npz (default: $JAXPRUNE_MNIST)")
+    common.add_data_arg(parser)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
@@ -158,7 +157,7 @@ def main():
     args = parser.parse_args()
     if args.finetune_weight_decay is None:
         args.finetune_weight_decay = args.weight_decay
-    data = jaxprune.load_mnist(args.data)
+    data = common.load_mnist(args.data)
     print(f"args: {vars(args)}; load average {os.getloadavg()[0]:.2f}", flush=True)
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -177,8 +176,7 @@ def main():
         "(target: >= 56x at <= 1.9%)"
     )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "runs": rows}, f, indent=1)
+        common.write_result(args.json, {"args": vars(args), "runs": rows})
 
 
 if __name__ == "__main__":

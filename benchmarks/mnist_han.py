@@ -2,7 +2,7 @@
 
 Dense training, then ``--rounds`` prune/retrain rounds whose per-layer densities shrink
 geometrically towards Han's 8% / 9% / 26% (fc1 / fc2 / fc3; biases stay dense), with
-``optax_sparsity`` and the per-path iterative schedules of ``jaxprune.demo``. Reports, per
+``optax_sparsity`` and the per-path iterative schedules of ``common.han_sparsity``. Reports, per
 seed and as the median over seeds: dense and pruned test error, non-zeros (weights and
 biases), compression and per-layer densities.
 
@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 
-import jaxprune
-from jaxprune import demo
+import common
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="mnist.npz (default: $JAXPRUNE_MNIST)")
+    common.add_data_arg(parser)
     parser.add_argument("--seeds", default="0,1,2")
-    cfg = demo.DemoConfig(dense_epochs=40, rounds=3, retrain_epochs=10)
+    cfg = common.HanConfig(dense_epochs=40, rounds=3, retrain_epochs=10)
     for field in dataclasses.fields(cfg):
         if field.type in ("int", "float"):
             parser.add_argument(
@@ -41,9 +39,11 @@ def main():
         default="0.08,0.09,0.26",
         help="final kernel densities of fc1,fc2,fc3 (Han et al.: 8%%, 9%%, 26%%)",
     )
-    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--json", default=None, help="also write the results here (.json, plus a .md table)"
+    )
     args = parser.parse_args()
-    data = jaxprune.load_mnist(args.data)
+    data = common.load_mnist(args.data)
     overrides = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(cfg)
@@ -55,7 +55,7 @@ def main():
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         run_cfg = dataclasses.replace(cfg, seed=seed, **overrides)
-        r = demo.train(data, run_cfg, progress=lambda msg: None)
+        r = common.train_han(data, run_cfg)
         per_layer = {
             row.path: round(1 - row.sparsity, 4)
             for row in r.stats.layers
@@ -87,8 +87,7 @@ def main():
         f"at {comp:.2f}x (target: >= 12x at <= 1.55%)"
     )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"config": overrides, "runs": rows}, f, indent=1)
+        common.write_result(args.json, {"config": overrides, "runs": rows})
 
 
 if __name__ == "__main__":

@@ -151,6 +151,8 @@ def layer_timing(args) -> dict:
 
 
 def table(path: str) -> str:
+    """This benchmark's own summary table (``python benchmarks/common.py table PATH`` gives
+    the generic table of every field, with the run's metadata)."""
     rows = [json.loads(line) for line in open(path)]
     out = ["| run | sparsity | ppl | prune s | peak RSS GiB |", "|---|---|---|---|---|"]
     for r in rows:
@@ -204,9 +206,10 @@ def main(argv=None):
     for job in jobs:  # each row is written as soon as it is measured
         row = job()
         print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        if args.out:  # the row plus the command, versions, commit and machine
+            import common
+
+            common.append_row(args.out, row)
 
 
 if __name__ == "__main__":

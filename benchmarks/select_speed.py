@@ -19,6 +19,7 @@ import statistics
 import time
 from fractions import Fraction
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.8)
     parser.add_argument("--skip-sort", action="store_true", help="skip the slow jnp.sort row")
     args = parser.parse_args()
+    common.print_meta()
 
     shapes = resnet50_shapes(4 if args.quick else 1)
     rng = np.random.default_rng(0)

@@ -27,12 +27,12 @@ import os
 import statistics
 import time
 
+import common
 import jax
 import jax.numpy as jnp
 import optax
 
 import jaxprune
-from jaxprune import demo
 
 
 def _make_step(model, tx, donate):
@@ -76,7 +76,9 @@ def bench(name, model, batch, shape, rounds, steps):
             fn = _make_step(model, tx, donate)
             start = pruned0 if tname == "dense (pruned start)" else params0
             p = jax.tree.map(jnp.copy, start)
-            s = tx.init(p)
+            # Fresh buffers per leaf: init may return one array for several leaves, which
+            # the donating step cannot take twice.
+            s = jax.tree.map(jnp.copy, tx.init(p))
             p, s = fn(p, s, x, y)  # compile
             jax.block_until_ready(p)
             variants[(tname, donate)] = [fn, p, s, []]
@@ -103,16 +105,17 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--models", default="mlp,lenet5")
     args = parser.parse_args()
+    common.print_meta()
     print(
         f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
     models = args.models.split(",")
     if "mlp" in models:
-        bench("LeNet-300-100", demo.lenet_300_100(), 128, (28, 28, 1), args.rounds, args.steps)
+        bench("LeNet-300-100", common.LeNet300100(), 128, (28, 28, 1), args.rounds, args.steps)
     if "lenet5" in models:
         steps = max(args.steps // 4, 2)
-        bench("LeNet-5", demo.LeNet5(), 64, (28, 28, 1), args.rounds, steps)
+        bench("LeNet-5", common.LeNet5(), 64, (28, 28, 1), args.rounds, steps)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 

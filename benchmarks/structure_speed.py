@@ -23,6 +23,7 @@ import statistics
 import time
 from collections.abc import Sequence
 
+import common
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -135,6 +136,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--no-latency", action="store_true", help="skip the ResNet-56 timings")
     args = parser.parse_args()
+    common.print_meta()
     rows = []
     lat = {}
     for name, (model, size) in MODELS.items():

@@ -24,8 +24,9 @@ Run from the repository root::
 
     python benchmarks/structured_criteria_mnist.py --data PATH/mnist.npz --seeds 0,1,2
 
-(or set ``JAXPRUNE_MNIST``). ``--inf-fs-pixels 10000`` instead runs the B10 unit benchmark:
-Inf-FS on MNIST pixels against a float64 NumPy/SciPy reference (needs SciPy).
+(or set ``JAXPRUNE_MNIST``); ``--json FILE`` also writes the per-seed accuracies (with
+``common.run_meta``) and a Markdown table. ``--inf-fs-pixels 10000`` instead runs the B10
+unit benchmark: Inf-FS on MNIST pixels against a float64 NumPy/SciPy reference (needs SciPy).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import platform
 import statistics
 import time
 
-import flax.linen as nn
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,44 +49,6 @@ from jaxprune import importance
 
 M = jaxprune.Member
 CRITERIA = ("random", "l1", "apoz", "taylor", "thinet", "nisp")
-
-
-# ---------------------------------------------------------------------------------------
-# Models (the taps do nothing outside importance.linen_taps).
-
-
-class LeNet5(nn.Module):
-    """LeNet-5 (Caffe widths) with a ReLU after each convolution (``conv_relu=True``)."""
-
-    widths: tuple[int, int, int] = (20, 50, 500)
-
-    @nn.compact
-    def __call__(self, x):
-        c1, c2, f1 = self.widths
-        x = importance.tap(
-            self, "conv1", nn.relu(nn.Conv(c1, (5, 5), padding="VALID", name="conv1")(x))
-        )
-        x = importance.tap(self, "pool1", nn.max_pool(x, (2, 2), (2, 2)))
-        x = importance.tap(
-            self, "conv2", nn.relu(nn.Conv(c2, (5, 5), padding="VALID", name="conv2")(x))
-        )
-        x = importance.tap(self, "pool2", nn.max_pool(x, (2, 2), (2, 2)))
-        x = x.reshape(x.shape[0], -1)
-        x = importance.tap(self, "fc1", nn.relu(nn.Dense(f1, name="fc1")(x)))
-        return nn.Dense(10, name="fc2")(x)
-
-
-class LeNet300(nn.Module):
-    """LeNet-300-100."""
-
-    widths: tuple[int, int] = (300, 100)
-
-    @nn.compact
-    def __call__(self, x):
-        x = x.reshape(x.shape[0], -1)
-        x = importance.tap(self, "fc1", nn.relu(nn.Dense(self.widths[0], name="fc1")(x)))
-        x = importance.tap(self, "fc2", nn.relu(nn.Dense(self.widths[1], name="fc2")(x)))
-        return nn.Dense(10, name="fc3")(x)
 
 
 def lenet5_spec():
@@ -112,7 +75,7 @@ def lenet5_spec():
     ]
     return dict(
         name="LeNet-5 (conv ReLU)",
-        make=lambda widths=(20, 50, 500): LeNet5(tuple(widths)),
+        make=lambda widths=(20, 50, 500): common.LeNet5(tuple(widths), conv_relu=True),
         widths=(20, 50, 500),
         groups=groups,
         thinet=thinet,
@@ -139,7 +102,9 @@ def lenet300_spec():
     ]
     return dict(
         name="LeNet-300-100",
-        make=lambda widths=(300, 100): LeNet300(tuple(widths)),
+        make=lambda widths=(300, 100): common.LeNet300100(
+            tuple(widths), names=("fc1", "fc2", "fc3")
+        ),
         widths=(300, 100),
         groups=groups,
         thinet=thinet,
@@ -227,7 +192,7 @@ def thinet_prune(model, params, spec, x, y, key, sparsity):
     for name, tap_name, kernel_path, member in spec["thinet"]:
         channels = jaxprune.check_groups(spec["groups"], params)[name]
         state = importance.thinet_init(channels)
-        kernel = _leaves(params_ls)[kernel_path]
+        kernel = _leaf(params_ls, kernel_path)
 
         @jax.jit
         def step(state, k, xb, yb, params_ls=params_ls, kernel=kernel, tap_name=tap_name):
@@ -281,32 +246,11 @@ def group_scores_for(criterion, model, params, spec, stats, responses, key):
     raise ValueError(criterion)
 
 
-def shrink(params, keep, groups):
-    """Host-side: slices the kept channels out of every member (a smaller dense network)."""
-    leaves = _leaves(params)
-    sizes = jaxprune.check_groups(groups, params)
-    cuts = {}
-    for g in groups:
-        for m in g.members:
-            length = leaves[m.path].shape[m.axis]
-            idx = jaxprune.channel_indices(m, sizes[g.name], length, np.asarray(keep[g.name]))
-            cuts.setdefault(m.path, []).append((m.axis, idx))
-
-    def cut(path, x):
-        x = np.asarray(x)
-        for axis, idx in cuts.get(_path(path), ()):
-            x = np.take(x, idx, axis=axis)
-        return jnp.asarray(x)
-
-    return jax.tree_util.tree_map_with_path(cut, params)
-
-
-def _path(path):
-    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
-
-
-def _leaves(params):
-    return {_path(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+def _leaf(params, path):
+    """The leaf of ``params`` at ``'a/b'``."""
+    for k in path.split("/"):
+        params = params[k]
+    return params
 
 
 # ---------------------------------------------------------------------------------------
@@ -366,7 +310,7 @@ def run_model(spec, data, seed, args, log):
             )
             keep = importance.select_groups(scores, args.sparsity)
         masked = _mask_groups(pruned_params, keep, groups)
-        small = shrink(masked, keep, groups)
+        small = jaxprune.shrink(masked, keep, groups)
         widths = tuple(int(np.sum(keep[g.name])) for g in groups)
         small_model = spec["make"](widths + tuple(spec["widths"][len(widths) :]))
         if small_widths is None:  # check once: masked and sliced networks agree
@@ -435,7 +379,7 @@ def fmt(values):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="mnist.npz (default: $JAXPRUNE_MNIST)")
+    common.add_data_arg(parser)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default="lenet300,lenet5")
     parser.add_argument("--criteria", default=",".join(CRITERIA))
@@ -450,9 +394,12 @@ def main():
     parser.add_argument(
         "--inf-fs-pixels", type=int, default=0, help="B10: run Inf-FS on N MNIST pixel rows only"
     )
+    parser.add_argument(
+        "--json", default=None, help="also write the results here (.json, plus a .md table)"
+    )
     args = parser.parse_args()
     args.criteria = [c for c in args.criteria.split(",") if c]
-    data = jaxprune.load_mnist(args.data)
+    data = common.load_mnist(args.data)
     if args.train_subset:
         data = data._replace(
             x_train=data.x_train[: args.train_subset], y_train=data.y_train[: args.train_subset]
@@ -469,7 +416,7 @@ def main():
         inf_fs_pixels(data, args.inf_fs_pixels, log)
         return
     t_start = time.perf_counter()
-    tables = []
+    tables, rows = [], []
     for name in args.models.split(","):
         spec = specs[name]()
         log(f"{spec['name']}:")
@@ -477,8 +424,12 @@ def main():
         for seed in seeds:
             d, res = run_model(spec, data, seed, args, log)
             dense.append(d)
+            rows.append({"model": name, "seed": seed, "criterion": "dense", "before": d})
             for c, v in res.items():
                 per.setdefault(c, []).append(v)
+                rows.append(
+                    {"model": name, "seed": seed, "criterion": c, "before": v[0], "after": v[1]}
+                )
         lines = [
             f"### {spec['name']}: prune {args.sparsity:.0%} of every prunable layer "
             f"(mean ± std over seeds {seeds}, test accuracy %)",
@@ -502,6 +453,9 @@ def main():
         log(tables[-1])
         log("")
     log(f"total {time.perf_counter() - t_start:.0f} s")
+    if args.json:
+        payload = {"args": vars(args), "runs": rows, "tables": tables}
+        log(f"results: {common.write_result(args.json, payload)}")
 
 
 if __name__ == "__main__":
