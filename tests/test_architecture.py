@@ -205,3 +205,45 @@ def test_flax_facing_modules_are_not_imported_by_the_core():
         if FLAX_FACING.search(d)
     ]
     assert not bad, "the flax-free core imports flax-facing modules:\n" + "\n".join(bad)
+
+
+# The layers of docs/guides/architecture.md. A module imports only modules of its own layer or
+# of the layers above it (a lower number); a new module must be placed here.
+LAYERS = {
+    0: "base mnist granularity groups labels",  # core data: types, None rule, paths, groups
+    1: "scores select select_groups distributions schedules stats gates_math criteria nisp "
+    "masking report oneshot",  # pure math: scores, selection, allocation, statistics
+    2: "interpret trace flops fold shrink patterns llama gate_folding",  # jaxprs, structure
+    3: "regularizers sparsity fixed sparse_training",  # optax transformations
+    4: "oneshot_driver",  # drivers that run a model
+    5: "taps taps_linen taps_nnx taps_flax gates_linen gates_nnx shrink_linen shrink_nnx "
+    "oneshot_nnx",  # the flax-facing layer
+}
+LAYER_OF = {m: n for n, names in LAYERS.items() for m in names.split()}
+
+
+def test_every_module_has_a_layer():
+    modules = {p.stem for p in SRC.glob("*.py")} - {"__init__"}
+    assert modules - set(LAYER_OF) == set(), "modules missing from LAYERS"
+    assert set(LAYER_OF) - modules == set(), "LAYERS names modules that do not exist"
+
+
+def test_modules_import_only_their_own_layer_or_above():
+    bad = [
+        f"{m} (layer {LAYER_OF[m]}) imports {d} (layer {LAYER_OF[d]})"
+        for m, deps in _import_graph().items()
+        if m in LAYER_OF
+        for d in sorted(deps)
+        if d in LAYER_OF and LAYER_OF[d] > LAYER_OF[m]
+    ]
+    assert not bad, "imports against the layering:\n" + "\n".join(bad)
+
+
+def test_one_jaxpr_walker():
+    """Only the walker iterates over a jaxpr's equations; analyses subclass it."""
+    bad = []
+    for path in sorted(SRC.glob("*.py")):
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.Attribute) and node.attr == "eqns" and path.stem != "interpret":
+                bad.append(f"{_rel(path)}:{node.lineno}")
+    assert not bad, "jaxpr equations walked outside interpret.py:\n" + "\n".join(bad)

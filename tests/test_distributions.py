@@ -23,7 +23,7 @@ def _sds(*shape):
 
 
 def lenet300():
-    """LeNet-300-100 kernels; biases are None (not prunable), as in METHODS.md 15."""
+    """LeNet-300-100 kernels; biases are None (not prunable), as in Evci et al. 2020."""
     return {
         "Dense_0": {"kernel": _sds(784, 300), "bias": None},
         "Dense_1": {"kernel": _sds(300, 100), "bias": None},
@@ -80,7 +80,7 @@ def erk_reference(shapes, sparsity, power=1.0, kernel=True):
 
 
 # ---------------------------------------------------------------------------------------
-# ERK test vectors (METHODS.md section 15; printed values are densities).
+# ERK test vectors (computed by hand from the formula; printed values are densities).
 
 VECTORS = [
     (lenet300, LENET300, 0.90, [0.0796, 0.2302, 1.0]),
