@@ -80,7 +80,7 @@ def erk_reference(shapes, sparsity, power=1.0, kernel=True):
 
 
 # ---------------------------------------------------------------------------------------
-# ERK test vectors (computed by hand from the formula; printed values are densities).
+# ERK reference vectors for LeNet-300-100 (printed values are densities).
 
 VECTORS = [
     (lenet300, LENET300, 0.90, [0.0796, 0.2302, 1.0]),
