@@ -1,5 +1,7 @@
 """Tests for granularity specs, score functions, mask application and sparsity accounting."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -36,8 +38,9 @@ def _conv_params(key=0):
 def test_mask_shapes(gran, conv_shape, dense_shape):
     assert gran.mask_shape((3, 3, 4, 8)) == conv_shape
     assert gran.mask_shape((8, 5)) == dense_shape
-    # Granularities are hashable data and jax.tree leaves (not tuples).
-    assert hash(gran) == hash(gran)
+    # Granularities are hashable data (equal specs hash alike) and jax.tree leaves.
+    twin = dataclasses.replace(gran)
+    assert twin == gran and hash(twin) == hash(gran) and len({gran, twin}) == 1
     assert jax.tree.leaves({"g": gran}) == [gran]
 
 
