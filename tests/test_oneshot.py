@@ -334,7 +334,7 @@ def _prune_llama(m, tokens, method, hidden=None):
 def test_prune_nnx_on_a_llama_prunes_every_projection_in_place():
     m, tokens = _tiny_llama()
     before = m(tokens)
-    rep = _prune_llama(m, tokens, os_.SparseGPT(n_of_m=(2, 4), blocksize=64))
+    rep = _prune_llama(m, tokens, os_.Wanda(n_of_m=(2, 4)))  # SparseGPT 2:4: the NumPy test
     names = [
         "attn/q/kernel",
         "attn/k/kernel",
