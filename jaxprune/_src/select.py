@@ -225,14 +225,24 @@ class _Keys:
         return self.fn()
 
 
+class _AllEntries:
+    """``forced=ALL_ENTRIES``: every entry of the leaf is forced (kept)."""
+
+    def __repr__(self) -> str:
+        return "ALL_ENTRIES"
+
+
+ALL_ENTRIES = _AllEntries()
+
+
 def _score_keys(x: jax.Array, forced: Any = None) -> _Keys:
     """Keys of the scores ``x``; ``forced`` entries get ``_KEY_MAX`` (a per-leaf floor).
 
-    ``forced`` is ``None``, ``"all"``, a flat index (one entry), or ``(t, cut)`` scalars naming
-    the entries with ``key > t``, or ``key == t`` and flat index ``< cut``.
+    ``forced`` is ``None``, :data:`ALL_ENTRIES`, a flat index (one entry), or ``(t, cut)``
+    scalars naming the entries with ``key > t``, or ``key == t`` and flat index ``< cut``.
     """
     shape = tuple(np.shape(x))
-    if isinstance(forced, str):  # "all"; full_like keeps an explicit sharding
+    if forced is ALL_ENTRIES:  # full_like keeps an explicit sharding
         return _Keys(shape, lambda: jnp.full_like(x, _KEY_MAX, dtype=jnp.uint32))
     if forced is None:
         return _Keys(shape, lambda: _order_keys(x))
@@ -591,7 +601,7 @@ def global_topk(
         if m == 0:
             leaves.append(_score_keys(x))
         elif m == size:
-            leaves.append(_score_keys(x, "all"))
+            leaves.append(_score_keys(x, ALL_ENTRIES))
         elif m == 1:  # the leaf's best entry: its maximum key, lowest index among equals
             key = _order_keys(x)
             if _explicit_spec(x) is None:  # one variadic reduction
