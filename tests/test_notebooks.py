@@ -14,6 +14,11 @@ EXPECTED = {
     "02_structured_shrinking.ipynb": ["new widths:", "MACs", "speed-up"],
     # On a tiny random model (JAXPRUNE_NB_TINY=1): the code path, not the numbers.
     "03_oneshot_llm.ipynb": ["dense: perplexity", "Wanda 50%: perplexity", "overall: 50.00%"],
+    "04_sparse_training.ipynb": [
+        "RigL: test accuracy",
+        "the same at every step: True",
+        "active kernel weights",
+    ],
 }
 
 
