@@ -103,8 +103,17 @@ def accuracy(p):
     return jnp.mean(jnp.argmax(model.apply({"params": p}, x_test), -1) == y_test)
 
 
-def nonzero_per_layer(p):
-    return jnp.stack([jnp.count_nonzero(p[n]["kernel"]) for n in LAYERS])
+def active_masks(p, s, forward):
+    # The active kernel weights of each layer: sparse_training's masks, else the non-zeros
+    # of what the loss sees.
+    if isinstance(s, jaxprune.SparseTrainingState):
+        m = jaxprune.masks(s)
+        return [m[n]["kernel"] for n in LAYERS]
+    return [forward(p)[n]["kernel"] != 0 for n in LAYERS]
+
+
+def counts(masks):
+    return jnp.stack([jnp.sum(m, dtype=jnp.int32) for m in masks])
 
 
 def make_step(tx, forward=lambda p: p, rigl=False):
@@ -116,12 +125,7 @@ def make_step(tx, forward=lambda p: p, rigl=False):
         # are stored as exact zeros, so the ordinary gradient `g` is that dense gradient.
         u, s = tx.update(g, s, p, raw_grads=g) if rigl else tx.update(g, s, p)
         p = optax.apply_updates(p, u)
-        if isinstance(s, jaxprune.SparseTrainingState):
-            m = jaxprune.masks(s)
-            active = jnp.stack([m[n]["kernel"].sum() for n in LAYERS])
-        else:
-            active = nonzero_per_layer(forward(p))
-        return p, s, loss, active
+        return p, s, loss, counts(active_masks(p, s, forward))
 
     return step
 """)
@@ -129,8 +133,8 @@ code("""
 results = {}
 
 
-def fmt(counts):
-    return ", ".join(f"{n} {int(c):,}" for n, c in zip(LAYERS, counts, strict=True))
+def fmt(row):
+    return ", ".join(f"{n} {int(c):,}" for n, c in zip(LAYERS, row, strict=True))
 
 
 def run(name, tx, forward=lambda p: p, rigl=False):
@@ -138,25 +142,25 @@ def run(name, tx, forward=lambda p: p, rigl=False):
     if isinstance(state, jaxprune.SparseTrainingState):
         # Start from exact zeros outside the initial (random) mask.
         params = jaxprune.apply_masks(params, jaxprune.masks(state))
-    first_mask = [forward(params)[n]["kernel"] != 0 for n in LAYERS]
+    first_mask = active_masks(params, state, forward)
     step = make_step(tx, forward, rigl)
-    t0, history = time.perf_counter(), []
+    t0, history = time.perf_counter(), [counts(first_mask)]
     for epoch in range(EPOCHS):
         perm = np.random.default_rng(epoch).permutation(n_train)
         for i in range(steps_per_epoch):
             idx = perm[i * batch : (i + 1) * batch]
-            params, state, _, active = step(params, state, x_train[idx], y_train[idx])
-            history.append(active)
-    history = np.asarray(jnp.stack(history))
+            params, state, _, row = step(params, state, x_train[idx], y_train[idx])
+            history.append(row)
+    history = np.asarray(jnp.stack(history))  # row 0: at init, row t: after step t
     seconds = time.perf_counter() - t0
     acc = float(accuracy(forward(params)))
-    print(f"{name}: test accuracy {acc:.4f} after {len(history)} steps ({seconds:.1f} s)")
-    print(f"  active weights per layer after step 1:  {fmt(history[0])}")
-    print(f"  active weights per layer after step {len(history)}: {fmt(history[-1])}")
+    print(f"{name}: test accuracy {acc:.4f} after {total_steps} steps ({seconds:.1f} s)")
+    print(f"  active weights per layer at the start: {fmt(history[0])}")
+    print(f"  active weights per layer at the end:   {fmt(history[-1])}")
     constant = bool((history == history[0]).all())
     print(f"  the same at every step: {constant}")
     assert constant
-    last_mask = [forward(params)[n]["kernel"] != 0 for n in LAYERS]
+    last_mask = active_masks(params, state, forward)
     kept = sum(int(jnp.sum(a & b)) for a, b in zip(first_mask, last_mask, strict=True))
     active = int(history[-1].sum())
     total = sum(init_params[n]["kernel"].size for n in LAYERS)
