@@ -14,8 +14,8 @@ Instead of training dense and pruning, train LeNet-300-100 on MNIST with **90% o
 weights absent from the first step**, spread over the layers with the Erdős-Rényi-Kernel (ERK)
 distribution. `jaxprune.sparse_training` wraps the optimizer and keeps the number of active
 weights of every layer exactly constant; only *which* weights are active changes (SET, RigL).
-A dense baseline and a straight-through top-k run complete the comparison. Runs on a CPU in a
-few minutes, and on a Colab GPU or TPU runtime unchanged (the install cell never reinstalls
+A dense baseline and a straight-through top-k run complete the comparison. Runs on a CPU in
+a minute or two, and on a Colab GPU or TPU runtime unchanged (the install cell never reinstalls
 `jax`).
 
 Open in Colab (once the repository is public):
