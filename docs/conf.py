@@ -49,6 +49,10 @@ nb_execution_cache_path = str(pathlib.Path(__file__).resolve().parent / "_build"
 os.environ.setdefault("JAXPRUNE_NB_EPOCHS", "3")
 os.environ.setdefault("JAXPRUNE_NB_SPARSITY", "0.8")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The notebook kernels are other processes: they import this checkout's jaxprune too.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+)
 
 html_theme = "sphinx_book_theme"
 html_title = f"jaxprune {release}"

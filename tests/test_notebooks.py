@@ -1,5 +1,6 @@
 """Executes each notebook top to bottom with small settings."""
 
+import os
 import pathlib
 
 import nbclient  # in the test extra: a missing one must fail, not skip
@@ -14,6 +15,11 @@ EXPECTED = {
     "02_structured_shrinking.ipynb": ["new widths:", "MACs", "speed-up"],
     # On a tiny random model (JAXPRUNE_NB_TINY=1): the code path, not the numbers.
     "03_oneshot_llm.ipynb": ["dense: perplexity", "Wanda 50%: perplexity", "overall: 50.00%"],
+    "04_sparse_training.ipynb": [
+        "RigL: test accuracy",
+        "the same at every step: True",
+        "active kernel weights",
+    ],
 }
 
 
@@ -28,6 +34,9 @@ def test_notebook_runs(name, monkeypatch):
     monkeypatch.delenv("JAXPRUNE_MNIST", raising=False)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("JAXPRUNE_NB_TINY", "1")
+    # The kernel is another process: make it import this checkout's jaxprune, not an installed one.
+    path = [str(NOTEBOOKS.parent), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in path if p))
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
