@@ -158,10 +158,11 @@ def _keep_lowest_pruned(scores: jax.Array, k: Any) -> jax.Array:
     """Keep mask of each row of ``scores`` pruning its ``k`` lowest (ties: lower index first).
 
     Short rows (N:M groups) are ranked by pairwise comparison, without sorting; longer ones
-    by one stable sort whose ranks are scattered back. NaN ranks lowest (pruned first).
+    by one stable sort whose ranks are scattered back. Non-finite scores (NaN, +-inf) rank
+    lowest and are pruned first, as in every jaxprune selector.
     """
     m = scores.shape[-1]
-    scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+    scores = jnp.where(jnp.isfinite(scores), scores, -jnp.inf)
     if m <= 16:
         a, b = scores[..., :, None], scores[..., None, :]
         before = jnp.tril(jnp.ones((m, m), bool), -1)  # before[i, j]: j < i
