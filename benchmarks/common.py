@@ -280,12 +280,16 @@ def fit(
     batch_size: int = 128,
     seed: int = 0,
     straight_through: bool = False,
+    forward: Callable[[Any], Any] | None = None,
+    raw_grads: bool = False,
     on_epoch: Callable[[int, Any, Any, float], Any] | None = None,
 ) -> tuple[Any, Any]:
     """Trains ``params`` for ``epochs`` epochs with ``tx`` (one jitted ``lax.scan`` per epoch).
 
     With ``straight_through`` the forward pass uses the optimizer state's masks,
     ``apply_masks(params, masks, straight_through=True)`` (dynamic network surgery).
+    ``forward(params)`` (e.g. a straight-through top-k) is what the loss sees, if given.
+    With ``raw_grads`` the gradient is also passed as ``tx.update(..., raw_grads=g)`` (RigL).
     ``on_epoch(epoch, params, opt_state, mean_loss)`` is called after each epoch.
     Returns ``(params, opt_state)``.
     """
@@ -297,6 +301,8 @@ def fit(
     def loss_fn(p, s, xb, yb, k):
         if straight_through:
             p = jaxprune.apply_masks(p, jaxprune.masks(s), straight_through=True)
+        if forward is not None:
+            p = forward(p)
         logits = model.apply({"params": p}, xb, train=True, rngs={"dropout": k})
         return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
@@ -307,7 +313,7 @@ def fit(
         def step(carry, i):
             p, s = carry
             loss, g = jax.value_and_grad(loss_fn)(p, s, x[i], y[i], jax.random.fold_in(k, i[0]))
-            u, s = tx.update(g, s, p)
+            u, s = tx.update(g, s, p, raw_grads=g) if raw_grads else tx.update(g, s, p)
             return (optax.apply_updates(p, u), s), loss
 
         (p, s), losses = jax.lax.scan(step, (p, s), idx)

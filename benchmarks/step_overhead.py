@@ -11,11 +11,15 @@ train steps and times them interleaved in rounds (so that they share the machine
 * ``dense (pruned start)``: a diagnostic, plain Adam from weights already pruned to 90%
   (kernels, layer-wise magnitude), to tell the cost of the transform from that of the
   weights' sparse state;
+* ``rigl`` / ``set``: ``sparse_training(adam, 0.9, method=...)`` at a step without a mask
+  update, and ``rigl+update`` / ``set+update`` with ``update_every=1`` (drop and regrow at
+  every step; RigL reads the dense gradient passed as ``raw_grads``);
+* ``ste top-k``: plain Adam with ``ste_topk`` (ERK sparsities) in the loss's forward pass;
 * each of them with and without buffer donation (``donate_argnums``).
 
 It prints the median step time of each variant and its ratio to the dense step of the same
-donation setting. Targets (issue 3): no-update steps <= 1.03x, update steps <= 3x (MLP) and
-<= 1.5x (LeNet-5).
+donation setting. Targets (issues 3 and 13): no-update steps <= 1.03x, update steps <= 3x
+(MLP) and <= 1.5x (LeNet-5).
 
 Run: ``python benchmarks/step_overhead.py [--rounds 30] [--steps 20] [--models mlp,lenet5]``
 """
@@ -35,21 +39,23 @@ import optax
 import jaxprune
 
 
-def _make_step(model, tx, donate):
+def _make_step(model, tx, donate, *, raw_grads=False, forward=None):
     def loss_fn(p, x, y):
+        if forward is not None:
+            p = forward(p)
         return optax.softmax_cross_entropy_with_integer_labels(
             model.apply({"params": p}, x), y
         ).mean()
 
     def step(p, s, x, y):
         g = jax.grad(loss_fn)(p, x, y)
-        u, s = tx.update(g, s, p)
+        u, s = tx.update(g, s, p, raw_grads=g) if raw_grads else tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
     return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
 
-def bench(name, model, batch, shape, rounds, steps):
+def bench(name, model, batch, shape, rounds, steps, sparse_training=True):
     key = jax.random.key(0)
     x = jax.random.uniform(key, (batch, *shape))
     y = jax.random.randint(key, (batch,), 0, 10)
@@ -70,10 +76,24 @@ def bench(name, model, batch, shape, rounds, steps):
     )
     pruned0 = jaxprune.apply_masks(params0, jaxprune.select.layerwise_topk(scores, 0.9))
     txs["dense (pruned start)"] = optax.adam(1e-3)
+    # Sparse training (issue 13): RigL/SET with and without a mask update at the step, and
+    # the straight-through top-k forward pass. Targets: <= 1.03x / <= 1.5x (LeNet-5).
+    opts = {"rigl": {"raw_grads": True}, "rigl+update": {"raw_grads": True}}
+    if sparse_training:
+        for method in ("rigl", "set"):
+            for upd, every in (("", 10**9), ("+update", 1)):
+                txs[f"{method}{upd}"] = jaxprune.sparse_training(
+                    optax.adam(1e-3), 0.9, method=method, update_every=every, end_step=10**9
+                )
+        erk = jaxprune.distributions.erk(
+            jax.tree.map(lambda w: w if w.ndim >= 2 else None, params0), 0.9
+        )
+        txs["ste top-k"] = optax.adam(1e-3)
+        opts["ste top-k"] = {"forward": lambda p: jaxprune.ste_topk(p, erk)}
     variants = {}
     for donate in (False, True):
         for tname, tx in txs.items():
-            fn = _make_step(model, tx, donate)
+            fn = _make_step(model, tx, donate, **opts.get(tname, {}))
             start = pruned0 if tname == "dense (pruned start)" else params0
             p = jax.tree.map(jnp.copy, start)
             # Fresh buffers per leaf: init may return one array for several leaves, which

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import zoo  # tests/zoo.py (tests/ is on pytest's pythonpath)
 from flax import nnx
 
 import jaxprune
@@ -149,3 +150,71 @@ def test_bad_input_is_named():
         jaxprune.drop_blocks({"blocks": {0: 1, 1: 2, 2: 3}}, [True, False])
     with pytest.raises(ValueError, match="shape"):
         jaxprune.block_importance([jnp.ones((2, 3)), jnp.ones((2, 4))])
+    with pytest.raises(ValueError, match="block_path"):
+        jaxprune.llama_groups(CFG, block_path="blocks")
+    with pytest.raises(ValueError, match="blocks_0"):
+        jaxprune.drop_blocks({"blocks": {0: 1}}, [True], key="blocks_{i}")
+    with pytest.raises(ValueError, match="keep has 1"):
+        jaxprune.drop_blocks({"blocks_0": 1, "blocks_1": 2}, [True], key="blocks_{i}")
+
+
+# --- Linen: the same decoder in flax.linen (tests/zoo.py), blocks named blocks_0, blocks_1, ...
+
+
+def _linen(cfg):
+    mod = zoo.LlamaLinen(cfg)
+    return mod, zoo.random_variables(mod, TOKENS)["params"]
+
+
+def _as_nnx(cfg, linen_params):
+    """The NNX model of examples/llm with the Linen model's weights."""
+    p = dict(linen_params)
+    blocks = {i: p.pop(f"blocks_{i}") for i in range(cfg.num_layers)}
+    return structural.build(cfg, {**p, "blocks": blocks})
+
+
+@pytest.mark.parametrize(
+    "heads, fused_qkv, fused_gate_up",
+    [("kv_group", False, False), ("query_head", True, True)],
+)
+def test_linen_masked_equals_shrunk_and_matches_nnx(heads, fused_qkv, fused_gate_up):
+    cfg = dataclasses.replace(CFG, fused_qkv=fused_qkv, fused_gate_up=fused_gate_up)
+    mod, params = _linen(cfg)
+    dense = mod.apply({"params": params}, TOKENS)
+    assert float(jnp.max(jnp.abs(dense))) > 0.1  # logits large enough for the 1e-4 checks
+    np.testing.assert_allclose(_as_nnx(cfg, params)(TOKENS), dense, atol=1e-4)
+
+    groups = jaxprune.llama_groups(cfg, heads=heads, block_path="blocks_{i}")
+    assert {g.name.split("/")[0] for g in groups} == {f"blocks_{i}" for i in range(3)}
+    rng = np.random.default_rng(1)
+    masks = {}
+    for g in groups:
+        n = jaxprune.group_size(g, params)
+        masks[g.name] = np.isin(np.arange(n), rng.permutation(n)[: max(1, n // 2)])
+    small_cfg = dataclasses.replace(cfg, **jaxprune.llama_widths(cfg, masks))
+    small = jaxprune.shrink(params, masks, groups)
+    got = zoo.LlamaLinen(small_cfg).apply({"params": small}, TOKENS)
+    mask_tree = jaxprune.expand_group_masks(masks, groups, params)
+    masked = jax.tree.map(
+        lambda x, k: x if k is None else x * k.astype(x.dtype),
+        params,
+        mask_tree,
+        is_leaf=lambda x: x is None,
+    )
+    ref = mod.apply({"params": masked}, TOKENS)
+    assert float(jnp.max(jnp.abs(ref - got))) < 1e-4
+    assert sum(x.size for x in jax.tree.leaves(small)) < sum(
+        x.size for x in jax.tree.leaves(params)
+    )
+
+
+def test_linen_depth_pruning_matches_nnx():
+    mod, params = _linen(CFG)
+    keep = [True, False, True]
+    short = jaxprune.drop_blocks(params, keep, key="blocks_{i}")
+    assert sorted(k for k in short if k.startswith("blocks")) == ["blocks_0", "blocks_1"]
+    short_cfg = dataclasses.replace(CFG, num_layers=2)
+    got = zoo.LlamaLinen(short_cfg).apply({"params": short}, TOKENS)
+    ref = structural.depth_pruned(_as_nnx(CFG, params), np.asarray(keep))(TOKENS)
+    assert float(jnp.max(jnp.abs(ref - got))) < 1e-4
+    assert float(jnp.max(jnp.abs(got - mod.apply({"params": params}, TOKENS)))) > 1e-3

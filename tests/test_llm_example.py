@@ -1,8 +1,11 @@
 """examples/llm: the LLaMA decoder, the GGUF Q/K row order, the data split, perplexity."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from examples.llm import data, evaluate, gguf_loader
@@ -78,3 +81,43 @@ def test_calibration_and_evaluation_never_overlap():
 
 def test_text_is_the_stdlib_topics():
     assert len(data.text()) > 400_000
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_kv_cache_decoding_matches_the_full_forward(fused):
+    cfg = dataclasses.replace(llm.TINY, fused_qkv=fused)
+    m = llm.Llama(cfg, rngs=nnx.Rngs(3))
+    tokens = jax.random.randint(jax.random.key(4), (2, 9), 0, cfg.vocab_size)
+    full = m(tokens)
+
+    @nnx.jit
+    def step(m, tok, cache, pos):
+        return m.decode_step(tok, cache, pos)
+
+    cache = m.init_cache(2, 12)  # longer than the sequence: unused slots stay invisible
+    for t in range(tokens.shape[1]):
+        logits, cache = step(m, tokens[:, t], cache, t)
+        np.testing.assert_allclose(logits, full[:, t], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.standard_dtypes  # optax's Adam bias correction mixes int and float
+def test_distillation_lowers_the_kl_to_the_teacher_and_keeps_shapes():
+    from examples.llm import distill
+
+    teacher = llm.Llama(llm.TINY, rngs=nnx.Rngs(0))
+    teacher.embed.embedding[...] *= 30.0  # peaked next-token distributions: a large KL
+    student = llm.Llama(dataclasses.replace(llm.TINY, hidden_dim=48), rngs=nnx.Rngs(1))
+    shapes = jax.tree.map(jnp.shape, nnx.state(student, nnx.Param))
+    tokens = np.random.default_rng(0).integers(0, llm.TINY.vocab_size, 4000).astype(np.int32)
+    probe = jnp.asarray(data.calibration(tokens, 4, 16))
+    before = float(distill.kl_loss(student(probe), teacher(probe)))
+    losses = distill.distill(
+        student, teacher, tokens, steps=40, batch_size=4, seq_len=16, lr=1e-2, log_every=0
+    )
+    after = float(distill.kl_loss(student(probe), teacher(probe)))
+    assert len(losses) == 40 and after < 0.5 * before
+    assert jax.tree.map(jnp.shape, nnx.state(student, nnx.Param)) == shapes
+    # KL of a distribution with itself is zero; against a different one, positive.
+    x = jax.random.normal(jax.random.key(0), (3, 5, 7))
+    np.testing.assert_allclose(distill.kl_loss(x, x), 0.0, atol=1e-6)
+    assert float(distill.kl_loss(x, 2 * x)) > 0

@@ -306,3 +306,30 @@ def test_ste_topk_and_n_of_m():
     assert np.all((np.asarray(nm) != 0).reshape(2, 4, 4).sum(axis=1) == 2)
     g = jax.jit(jax.grad(lambda p: jaxprune.ste_n_of_m(p, 2, 4)["k"].sum()))(w)
     np.testing.assert_array_equal(g["k"], jnp.ones((8, 4)))
+
+
+def test_ste_topk_per_leaf_sparsity_tree():
+    k = jax.random.split(jax.random.key(2), 2)
+    w = {
+        "a": {"kernel": jax.random.normal(k[0], (12, 10)), "bias": jnp.ones(10)},
+        "b": {"kernel": jax.random.normal(k[1], (10, 3)), "bias": jnp.ones(3)},
+    }
+    erk = jaxprune.distributions.erk(w, 0.8)
+    out = jax.jit(jaxprune.ste_topk)(w, erk)
+    for name in ("a", "b"):
+        n = w[name]["kernel"].size
+        want = n - int(np.floor(erk[name]["kernel"] * n))
+        assert int((out[name]["kernel"] != 0).sum()) == want
+        # The kept entries are the largest by magnitude.
+        a = np.abs(np.asarray(w[name]["kernel"])).ravel()
+        kept = np.asarray(out[name]["kernel"] != 0).ravel()
+        assert a[kept].min() > a[~kept].max()
+        np.testing.assert_array_equal(out[name]["bias"], w[name]["bias"])  # rank 1: dense
+    # A None sparsity leaves its leaf dense; a mismatched tree names the missing path.
+    out = jaxprune.ste_topk(
+        w, {"a": {"kernel": 0.5, "bias": None}, "b": {"kernel": None, "bias": None}}
+    )
+    np.testing.assert_array_equal(out["b"]["kernel"], w["b"]["kernel"])
+    assert int((out["a"]["kernel"] != 0).sum()) == 60
+    with pytest.raises(ValueError, match="sparsity"):
+        jaxprune.ste_topk(w, {"a": {"kernel": 0.5}})

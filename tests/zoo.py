@@ -206,3 +206,97 @@ class Transformer(nn.Module):
         x = x + h
         x = x + nn.Dense(16, name="mlp2")(nn.relu(nn.Dense(self.mlp, name="mlp1")(x)))
         return nn.Dense(3, name="head")(x.mean(1))
+
+
+class LlamaLinen(nn.Module):
+    """A LLaMA decoder in Linen (GQA, RoPE, SwiGLU, tied embedding), the maths of
+    ``examples.llm.model.Llama``; its blocks are named ``blocks_0``, ``blocks_1``, ...
+
+    ``cfg`` is an ``examples.llm.model.Config`` (fused ``qkv`` / ``gate_up`` supported).
+    """
+
+    cfg: object
+
+    def setup(self):
+        c = self.cfg
+        self.embed = nn.Embed(c.vocab_size, c.dim, embedding_init=nn.initializers.normal(0.02))
+        self.blocks = [_LlamaBlockLinen(c) for _ in range(c.num_layers)]
+        self.norm = _RMSNormLinen(c.norm_eps)
+
+    def __call__(self, tokens):
+        from examples.llm import model as model_lib
+
+        cos, sin = model_lib.rope_tables(self.cfg, tokens.shape[-1])
+        h = self.embed(tokens)
+        for block in self.blocks:
+            h = block(h, cos, sin)
+        return self.embed.attend(self.norm(h))
+
+
+class _RMSNormLinen(nn.Module):
+    eps: float
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        y = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        return y * scale[None, None, :]
+
+
+def _dense(features, name):
+    return nn.Dense(features, use_bias=False, kernel_init=nn.initializers.normal(0.02), name=name)
+
+
+class _AttentionLinen(nn.Module):
+    cfg: object
+
+    @nn.compact
+    def __call__(self, y, cos, sin):
+        from examples.llm import model as model_lib
+
+        c = self.cfg
+        h, kv, hd = c.num_heads, c.num_kv_heads, c.head_dim
+        b, t, _ = y.shape
+        if c.fused_qkv:
+            qkv = _dense((h + 2 * kv) * hd, "qkv")(y)
+            q, k, v = (
+                qkv[..., : h * hd],
+                qkv[..., h * hd : (h + kv) * hd],
+                qkv[..., (h + kv) * hd :],
+            )
+        else:
+            q, k, v = (_dense(n * hd, m)(y) for n, m in ((h, "q"), (kv, "k"), (kv, "v")))
+        q = model_lib.apply_rope(q.reshape(b, t, h, hd), cos, sin)
+        k = model_lib.apply_rope(k.reshape(b, t, kv, hd), cos, sin)
+        q = q.reshape(b, t, kv, h // kv, hd)
+        logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k) / jnp.sqrt(jnp.float32(hd))
+        causal = jnp.tril(jnp.ones((t, t), bool))[None, None, None]
+        probs = jax.nn.softmax(jnp.where(causal, logits, jnp.finfo(jnp.float32).min), axis=-1)
+        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v.reshape(b, t, kv, hd))
+        return _dense(c.dim, "o")(out.reshape(b, t, h * hd))
+
+
+class _MLPLinen(nn.Module):
+    cfg: object
+
+    @nn.compact
+    def __call__(self, y):
+        ff = self.cfg.hidden_dim
+        if self.cfg.fused_gate_up:
+            gu = _dense(2 * ff, "gate_up")(y)
+            g, u = gu[..., :ff], gu[..., ff:]
+        else:
+            g, u = _dense(ff, "gate")(y), _dense(ff, "up")(y)
+        return _dense(self.cfg.dim, "down")(jax.nn.silu(g) * u)
+
+
+class _LlamaBlockLinen(nn.Module):
+    cfg: object
+
+    @nn.compact
+    def __call__(self, x, cos, sin):
+        eps = self.cfg.norm_eps
+        x = x + _AttentionLinen(self.cfg, name="attn")(
+            _RMSNormLinen(eps, name="attn_norm")(x), cos, sin
+        )
+        return x + _MLPLinen(self.cfg, name="mlp")(_RMSNormLinen(eps, name="mlp_norm")(x))

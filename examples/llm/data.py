@@ -52,3 +52,16 @@ def evaluation(tokens: np.ndarray, num: int = 64, seq_len: int = 256) -> np.ndar
     part = tokens[int(len(tokens) * SPLIT) :]
     _check(num, seq_len, len(part), "evaluation")
     return part[: num * seq_len].reshape(num, seq_len)
+
+
+def random_windows(
+    tokens: np.ndarray, num: int, seq_len: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``(num, seq_len)`` windows at random offsets of the calibration part (first 60%).
+
+    For training on the calibration text (e.g. distillation); never touches evaluation tokens.
+    """
+    part = tokens[: int(len(tokens) * SPLIT)]
+    _check(1, seq_len, len(part), "calibration")
+    starts = rng.integers(0, len(part) - seq_len + 1, size=num)
+    return np.stack([part[s : s + seq_len] for s in starts])

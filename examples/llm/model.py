@@ -120,7 +120,8 @@ class Attention(nnx.Module):
             self.v = _linear(cfg.dim, cfg.num_kv_heads * cfg.head_dim, rngs)
         self.o = _linear(cfg.num_heads * cfg.head_dim, cfg.dim, rngs)
 
-    def __call__(self, x, cos, sin):
+    def _project(self, x, cos, sin):
+        """Rotated queries ``(..., t, kv, g, hd)`` and keys, and values ``(..., t, kv, hd)``."""
         *lead, t, _ = x.shape
         if self.fused:
             nq, nk = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -133,14 +134,35 @@ class Attention(nnx.Module):
         v = v.reshape(*lead, t, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         groups = self.num_heads // self.num_kv_heads
-        q = q.reshape(*lead, t, self.num_kv_heads, groups, self.head_dim)
+        return q.reshape(*lead, t, self.num_kv_heads, groups, self.head_dim), k, v
+
+    def _attend(self, q, k, v, visible):
+        """Attention of ``q`` over ``k``/``v`` where ``visible`` (``(q_len, kv_len)``) is True."""
         logits = jnp.einsum("...qkgd,...skd->...kgqs", q, k).astype(jnp.float32)
         logits = logits / jnp.sqrt(jnp.float32(self.head_dim))
-        causal = jnp.tril(jnp.ones((t, t), bool)).reshape((1,) * (logits.ndim - 2) + (t, t))
-        logits = jnp.where(causal, logits, jnp.finfo(jnp.float32).min)
+        visible = visible.reshape((1,) * (logits.ndim - 2) + visible.shape)
+        logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         out = jnp.einsum("...kgqs,...skd->...qkgd", probs, v)
-        return self.o(out.reshape(*lead, t, self.num_heads * self.head_dim))
+        return self.o(out.reshape(*out.shape[:-3], self.num_heads * self.head_dim))
+
+    def __call__(self, x, cos, sin):
+        t = x.shape[-2]
+        q, k, v = self._project(x, cos, sin)
+        return self._attend(q, k, v, jnp.tril(jnp.ones((t, t), bool)))
+
+    def decode(self, x, cos, sin, cache, pos):
+        """One token ``x`` ``(batch, 1, dim)`` at position ``pos``, with a KV ``cache``.
+
+        ``cache`` is ``(keys, values)``, each ``(batch, max_len, num_kv_heads, head_dim)``;
+        the new key and value are written at ``pos`` and the token attends to positions
+        ``<= pos``. Returns ``(output, cache)``.
+        """
+        q, k, v = self._project(x, cos, sin)
+        keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k, pos, axis=1)
+        values = jax.lax.dynamic_update_slice_in_dim(cache[1], v, pos, axis=1)
+        visible = (jnp.arange(keys.shape[1]) <= pos)[None, :]
+        return self._attend(q, keys, values, visible), (keys, values)
 
 
 class MLP(nnx.Module):
@@ -177,6 +199,12 @@ class Block(nnx.Module):
     def __call__(self, x, cos, sin):
         x = x + self.attn(self.attn_norm(x), cos, sin)
         return x + self.mlp(self.mlp_norm(x))
+
+    def decode(self, x, cos, sin, cache, pos):
+        """The block on one token with a KV cache (see :meth:`Attention.decode`)."""
+        a, cache = self.attn.decode(self.attn_norm(x), cos, sin, cache, pos)
+        x = x + a
+        return x + self.mlp(self.mlp_norm(x)), cache
 
 
 class Llama(nnx.Module):
@@ -215,3 +243,26 @@ class Llama(nnx.Module):
         for block in self.blocks:
             h = block(h, cos, sin)
         return self.logits(h)
+
+    def init_cache(self, batch: int, max_len: int) -> list[tuple[jax.Array, jax.Array]]:
+        """An empty KV cache for :meth:`decode_step`: per block, zero keys and values."""
+        c = self.cfg
+        shape = (batch, max_len, c.num_kv_heads, c.head_dim)
+        return [(jnp.zeros(shape), jnp.zeros(shape)) for _ in range(c.num_layers)]
+
+    def decode_step(self, tokens, cache, pos):
+        """Logits ``(batch, vocab)`` of the next token after ``tokens`` ``(batch,)`` at ``pos``.
+
+        Incremental decoding with the KV ``cache`` of :meth:`init_cache` (``max_len`` from its
+        shape): feeding a sequence token by token gives the logits of :meth:`__call__`.
+        Returns ``(logits, cache)``.
+        """
+        cos, sin = rope_tables(self.cfg, cache[0][0].shape[1])
+        cos = jax.lax.dynamic_slice_in_dim(cos, pos, 1)
+        sin = jax.lax.dynamic_slice_in_dim(sin, pos, 1)
+        h = self.hidden(tokens[:, None])
+        new = []
+        for block, c in zip(self.blocks, cache, strict=True):
+            h, c = block.decode(h, cos, sin, c, pos)
+            new.append(c)
+        return self.logits(h)[:, 0], new

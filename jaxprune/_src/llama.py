@@ -66,6 +66,7 @@ def llama_groups(
     heads: str | None = "kv_group",
     mlp: bool = True,
     residual: bool = False,
+    block_path: str = "blocks/{i}",
 ) -> list[Group]:
     """Hand-declared structured groups of a LLaMA-style decoder (GQA, SwiGLU, tied embedding).
 
@@ -78,14 +79,18 @@ def llama_groups(
         every group, named ``blocks/{i}/attn/query_heads``) or ``None`` (no head groups).
       mlp: Whether to add one group of SwiGLU neurons per block (``blocks/{i}/mlp/hidden``).
       residual: Whether to add the model-wide residual-width group ``residual``.
+      block_path: Path of block ``i``, a format string with ``{i}``: ``"blocks/{i}"`` for an
+        NNX ``nnx.List`` of blocks (the default), ``"blocks_{i}"`` for a Linen module that
+        holds ``self.blocks = [Block(...) for ...]`` (Linen names them ``blocks_0``, ...).
 
     Returns:
       A list of :class:`jaxprune.Group` whose member paths match ``nnx.state(model)`` (or a
-      Linen params dict with the same module names).
+      Linen params dict with the same module names and ``block_path``).
 
     Raises:
       ValueError: If a config field is missing or not a positive int, ``num_heads`` is not a
-        multiple of ``num_kv_heads``, or ``heads`` is not one of the choices.
+        multiple of ``num_kv_heads``, ``heads`` is not one of the choices, or
+        ``block_path`` does not contain ``{i}`` exactly once.
 
     Example:
       >>> import jaxprune
@@ -93,15 +98,18 @@ def llama_groups(
       ...            hidden_dim=6)
       >>> [g.name for g in jaxprune.llama_groups(cfg)]
       ['blocks/0/attn/kv_groups', 'blocks/0/mlp/hidden']
+      >>> [g.name for g in jaxprune.llama_groups(cfg, block_path="blocks_{i}")]
+      ['blocks_0/attn/kv_groups', 'blocks_0/mlp/hidden']
     """
     c = _read(config)
     if heads not in ("kv_group", "query_head", None):
         raise ValueError(f"heads must be 'kv_group', 'query_head' or None, got {heads!r}.")
+    block = _block_format(block_path, "block_path")
     h, kv, hd, ff = c["num_heads"], c["num_kv_heads"], c["head_dim"], c["hidden_dim"]
     g = h // kv
     out: list[Group] = []
     for i in range(c["num_layers"]):
-        a, m = f"blocks/{i}/attn", f"blocks/{i}/mlp"
+        a, m = f"{block(i)}/attn", f"{block(i)}/mlp"
         if heads == "kv_group":
             if c["fused_qkv"]:
                 qkv = f"{a}/qkv/kernel"
@@ -138,12 +146,12 @@ def llama_groups(
     if residual:
         mem = [Member("embed/embedding", 1)]
         for i in range(c["num_layers"]):
-            a, m = f"blocks/{i}/attn", f"blocks/{i}/mlp"
-            mem.append(Member(f"blocks/{i}/attn_norm/scale", 0))
+            a, m = f"{block(i)}/attn", f"{block(i)}/mlp"
+            mem.append(Member(f"{block(i)}/attn_norm/scale", 0))
             names = ["qkv"] if c["fused_qkv"] else ["q", "k", "v"]
             mem += [Member(f"{a}/{n}/kernel", 0) for n in names]
             mem.append(Member(f"{a}/o/kernel", 1))
-            mem.append(Member(f"blocks/{i}/mlp_norm/scale", 0))
+            mem.append(Member(f"{block(i)}/mlp_norm/scale", 0))
             names = ["gate_up"] if c["fused_gate_up"] else ["gate", "up"]
             mem += [Member(f"{m}/{n}/kernel", 0) for n in names]
             mem.append(Member(f"{m}/down/kernel", 1))
@@ -152,6 +160,16 @@ def llama_groups(
             mem.append(Member("head/kernel", 0))
         out.append(Group("residual", tuple(mem)))
     return out
+
+
+def _block_format(spec: Any, what: str):
+    """``spec`` (a string with one ``{i}``) as a function of the block index."""
+    if not isinstance(spec, str) or spec.count("{i}") != 1 or spec.replace("{i}", "").count("{"):
+        raise ValueError(
+            f"{what} must be a string with '{{i}}' once (e.g. 'blocks/{{i}}' or "
+            f"'blocks_{{i}}'), got {spec!r}."
+        )
+    return lambda i: spec.replace("{i}", str(i))
 
 
 def _count(mask: Any) -> int:
@@ -261,21 +279,28 @@ def drop_blocks(tree: Mapping[str, Any], keep: Sequence[bool], *, key: str = "bl
       tree: A nested dict (e.g. ``nnx.to_pure_dict(nnx.state(model))`` or Linen params)
         whose ``tree[key]`` maps block indices (int or digit strings) to block subtrees.
       keep: One bool per block, ``True`` = kept.
-      key: The entry holding the blocks.
+      key: The entry holding the blocks; or, with ``{i}`` in it (``"blocks_{i}"``, Linen's
+        naming of a list of submodules), the top-level entries ``blocks_0``, ``blocks_1``,
+        ... themselves.
 
     Returns:
-      A shallow copy of ``tree`` with ``tree[key]`` holding the kept blocks as ``0..K-1``
-      (keys keep their int/str type).
+      A shallow copy of ``tree`` with the kept blocks renumbered ``0..K-1`` (keys keep their
+      int/str type; with ``{i}``, the kept entries renamed ``blocks_0..blocks_{K-1}``).
 
     Raises:
-      ValueError: If ``key`` is missing, ``keep`` has the wrong length or keeps no block.
+      ValueError: If the blocks are missing, ``keep`` has the wrong length or keeps no block.
 
     Example:
       >>> import jaxprune
       >>> t = {"blocks": {0: "a", 1: "b", 2: "c"}, "norm": "n"}
       >>> jaxprune.drop_blocks(t, [True, False, True])["blocks"]
       {0: 'a', 1: 'c'}
+      >>> linen = {"blocks_0": "a", "blocks_1": "b", "blocks_2": "c", "norm": "n"}
+      >>> jaxprune.drop_blocks(linen, [True, False, True], key="blocks_{i}")
+      {'norm': 'n', 'blocks_0': 'a', 'blocks_1': 'c'}
     """
+    if isinstance(key, str) and "{i}" in key:
+        return _drop_flat_blocks(tree, keep, key)
     if not isinstance(tree, Mapping) or key not in tree:
         raise ValueError(f"tree has no entry {key!r} holding the blocks.")
     blocks = tree[key]
@@ -289,4 +314,24 @@ def drop_blocks(tree: Mapping[str, Any], keep: Sequence[bool], *, key: str = "bl
     kept = [blocks[k] for k, f in zip(idx, keep, strict=True) if f]
     out = dict(tree)
     out[key] = {(str(j) if as_str else j): b for j, b in enumerate(kept)}
+    return out
+
+
+def _drop_flat_blocks(tree: Mapping[str, Any], keep: Sequence[bool], key: str) -> dict:
+    name = _block_format(key, "key")
+    if not isinstance(tree, Mapping):
+        raise ValueError(f"tree must be a dict holding the blocks {name(0)!r}, ...")
+    n = 0
+    while name(n) in tree:
+        n += 1
+    if n == 0:
+        raise ValueError(f"tree has no entry {name(0)!r}: blocks named {key!r} are missing.")
+    keep = [bool(k) for k in keep]
+    if len(keep) != n:
+        raise ValueError(f"keep has {len(keep)} entries but tree has {n} blocks {key!r}.")
+    if not any(keep):
+        raise ValueError("keep keeps no block.")
+    kept = [tree[name(i)] for i in range(n) if keep[i]]
+    out = {k: v for k, v in tree.items() if k not in {name(i) for i in range(n)}}
+    out.update({name(j): b for j, b in enumerate(kept)})
     return out

@@ -374,7 +374,9 @@ def ste_topk(
 
     Args:
       params: A tree of float arrays.
-      sparsity: Fraction to drop per leaf, in ``[0, 1]`` (traced values allowed).
+      sparsity: Fraction to drop per leaf, in ``[0, 1]`` (traced values allowed), or a
+        tree with the params' structure of per-leaf fractions (``None`` = dense), e.g.
+        ``jaxprune.distributions.erk(params, 0.9)``.
       decay: SR-STE decay ``lambda_w`` (``0`` = plain STE).
       prunable: Optional bool tree; default: leaves of rank >= 2.
 
@@ -392,7 +394,26 @@ def ste_topk(
       Array([[1., 1.],
              [1., 1.]], dtype=float32)
     """
+    if _is_tree(sparsity):
+        base.check_structure(params, sparsity, "sparsity")
+        if prunable is None:
+            prunable = base.map_prunable(lambda p: len(p.shape) >= 2, params)
+        # A ``None`` sparsity leaves its leaf dense, like a False ``prunable`` entry.
+        prunable = jax.tree.map(
+            lambda f, s: f and s is not None, prunable, sparsity, is_leaf=base.is_none
+        )
+        return jax.tree.map(
+            lambda p, s, f: _ste(p, lambda a: select_lib.topk_mask(a, s), decay, f),
+            params,
+            sparsity,
+            prunable,
+            is_leaf=base.is_none,
+        )
     return _ste(params, lambda s: select_lib.topk_mask(s, sparsity), decay, prunable)
+
+
+def _is_tree(x: Any) -> bool:
+    return not jax.tree_util.treedef_is_leaf(jax.tree.structure(x, is_leaf=base.is_none))
 
 
 def ste_n_of_m(
