@@ -2,8 +2,9 @@
 
 The scripts in ``benchmarks/`` are run as ``python benchmarks/<script>.py`` from the
 repository root; Python puts the script's directory on ``sys.path``, so they ``import common``.
-Only public ``jaxprune`` names are used here (no private modules, nothing from the shipped
-``jaxprune.demo``).
+Only public ``jaxprune`` names are used here (no private modules). The MNIST models
+(LeNet-300-100, LeNet-5), Han et al.'s prune/retrain loop and the epoch loop ``fit`` are the
+shipped ``jaxprune.demo``'s, re-exported here.
 
 Result files. :func:`write_result` writes ``<name>.json`` holding ``{"meta": ..., **payload}``
 where ``meta`` (:func:`run_meta`) records the command line, the versions of jax, flax, optax and
@@ -17,7 +18,6 @@ jaxprune, the git commit and the machine (platform, CPU count, device kind). Per
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -25,80 +25,28 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import linen as nn
 
 import jaxprune
-from jaxprune import importance
+from jaxprune import demo
+
+# The MNIST models and training loops live in the shipped demo (one home for each).
+from jaxprune.demo import HAN_DENSITIES, LeNet5, LeNet300100, fit, test_accuracy  # noqa: F401
+from jaxprune.demo import DemoConfig as HanConfig
+from jaxprune.demo import RunResult as HanResult
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-HAN_DENSITIES = {"Dense_0/kernel": 0.08, "Dense_1/kernel": 0.09, "Dense_2/kernel": 0.26}
 
 
 # ---------------------------------------------------------------------------------------
 # Models. ``importance.tap`` marks activations for ``importance.linen_taps`` and does nothing
 # otherwise.
-
-
-class LeNet300100(nn.Module):
-    """LeNet-300-100: ``784 -> 300 -> ReLU -> 100 -> ReLU -> 10`` (266,610 parameters).
-
-    ``names`` names the Dense layers (default: Flax's ``Dense_0``, ``Dense_1``, ``Dense_2``);
-    the hidden activations are tapped as ``fc1``, ``fc2``, ... (before dropout).
-    """
-
-    widths: tuple[int, ...] = (300, 100)
-    num_classes: int = 10
-    dropout: float = 0.0  # on the hidden activations, in training only
-    names: tuple[str, ...] | None = None
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        def name(i):
-            return None if self.names is None else self.names[i]
-
-        x = x.reshape((x.shape[0], -1))
-        for i, w in enumerate(self.widths):
-            x = importance.tap(self, f"fc{i + 1}", nn.relu(nn.Dense(w, name=name(i))(x)))
-            if self.dropout:
-                x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name=name(len(self.widths)))(x)
-
-
-class LeNet5(nn.Module):
-    """LeNet-5 as in Caffe: ``conv(20, 5x5) -> pool -> conv(50, 5x5) -> pool -> 500 -> 10``.
-
-    431,080 parameters with the default ``widths``. Layers ``conv1``, ``conv2``, ``fc1``,
-    ``fc2``; taps ``conv1``, ``pool1``, ``conv2``, ``pool2``, ``fc1``. Caffe's prototxt has no
-    ReLU after the convolutions (``conv_relu=False``); activation-based criteria need it.
-    """
-
-    widths: tuple[int, int, int] = (20, 50, 500)
-    conv_relu: bool = False
-    num_classes: int = 10
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        del train
-        c1, c2, f1 = self.widths
-        act = nn.relu if self.conv_relu else (lambda y: y)
-        x = importance.tap(
-            self, "conv1", act(nn.Conv(c1, (5, 5), padding="VALID", name="conv1")(x))
-        )
-        x = importance.tap(self, "pool1", nn.max_pool(x, (2, 2), (2, 2)))
-        x = importance.tap(
-            self, "conv2", act(nn.Conv(c2, (5, 5), padding="VALID", name="conv2")(x))
-        )
-        x = importance.tap(self, "pool2", nn.max_pool(x, (2, 2), (2, 2)))
-        x = x.reshape(x.shape[0], -1)
-        x = importance.tap(self, "fc1", nn.relu(nn.Dense(f1, name="fc1")(x)))
-        return nn.Dense(self.num_classes, name="fc2")(x)
 
 
 class MLP(nn.Module):
@@ -160,183 +108,13 @@ def load_mnist(path: str | None = None):
 # Training.
 
 
-@dataclasses.dataclass
-class HanConfig:
-    """Settings of one iterative prune/retrain run (Han et al.'s schedule)."""
-
-    dense_epochs: int = 20
-    rounds: int = 3
-    retrain_epochs: int = 6
-    batch_size: int = 128
-    lr: float = 0.05
-    retrain_lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    dropout: float = 0.0
-    densities: dict[str, float] = dataclasses.field(default_factory=lambda: dict(HAN_DENSITIES))
-    seed: int = 0
-
-
-@dataclasses.dataclass
-class HanResult:
-    """What :func:`train_han` measured."""
-
-    dense_accuracy: float
-    accuracy: float
-    stats: jaxprune.SparsityStats
-    history: list[dict[str, float]]  # per round: sparsity, acc right after pruning, after retrain
-    params: Any
-    masks: Any
-    seconds: float
-
-
-def _han_lr(cfg: HanConfig, steps_per_epoch: int) -> optax.Schedule:
-    dense_steps = cfg.dense_epochs * steps_per_epoch
-    round_steps = cfg.retrain_epochs * steps_per_epoch
-    parts = [optax.cosine_decay_schedule(cfg.lr, dense_steps, alpha=0.02)]
-    parts += [
-        optax.cosine_decay_schedule(cfg.retrain_lr, round_steps, alpha=0.1)
-        for _ in range(cfg.rounds)
-    ]
-    boundaries = [dense_steps + r * round_steps for r in range(cfg.rounds)]
-    return optax.join_schedules(parts, boundaries)
-
-
-def han_sparsity(cfg: HanConfig, steps_per_epoch: int):
-    """``optax_sparsity`` with per-layer iterative schedules: round ``r`` of ``R`` keeps
-    density ``d ** ((r+1)/R)``."""
-    begin = cfg.dense_epochs * steps_per_epoch
-    per_round = cfg.retrain_epochs * steps_per_epoch
-    dist = {
-        path: jaxprune.schedules.iterative(
-            [1.0 - d ** ((r + 1) / cfg.rounds) for r in range(cfg.rounds)],
-            per_round,
-            begin_step=begin,
-        )
-        for path, d in cfg.densities.items()
-    }
-    when = jaxprune.schedules.iterative_updates(cfg.rounds, per_round, begin_step=begin)
-    return jaxprune.optax_sparsity(distribution=dist, update_when=when)
+def _silent(msg: str) -> None:
+    del msg
 
 
 def train_han(data, cfg: HanConfig, *, model: nn.Module | None = None) -> HanResult:
-    """Trains densely, then prunes and retrains in rounds; evaluates after every epoch."""
-    model = model or LeNet300100(dropout=cfg.dropout)
-    steps_per_epoch = data.x_train.shape[0] // cfg.batch_size
-    total_epochs = cfg.dense_epochs + cfg.rounds * cfg.retrain_epochs
-    params = model.init(jax.random.key(cfg.seed), data.x_train[:1])["params"]
-    tx = optax.chain(
-        optax.add_decayed_weights(cfg.weight_decay),
-        optax.sgd(_han_lr(cfg, steps_per_epoch), momentum=cfg.momentum),
-        han_sparsity(cfg, steps_per_epoch),
-    )
-    history: list[dict[str, float]] = []
-    acc_of = jax.jit(lambda p, m: _accuracy(model, jaxprune.apply_masks(p, m), data))
-    dense_acc = 0.0
-
-    def on_epoch(e, params, opt_state, loss):
-        nonlocal dense_acc
-        masks = jaxprune.masks(opt_state)
-        acc = float(acc_of(params, masks))
-        if e == cfg.dense_epochs - 1:
-            dense_acc = acc
-        if e >= cfg.dense_epochs and (e - cfg.dense_epochs) % cfg.retrain_epochs == 0:
-            # The round's first step recomputes the masks: accuracy right after it.
-            stats = jaxprune.summary(params, masks, print_fn=None)
-            history.append({"sparsity": stats.sparsity, "after_first_epoch": acc})
-        if history and (e - cfg.dense_epochs + 1) % cfg.retrain_epochs == 0:
-            history[-1]["retrained"] = acc
-
-    t0 = time.perf_counter()
-    params, opt_state = fit(
-        model,
-        params,
-        data,
-        tx,
-        total_epochs,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        on_epoch=on_epoch,
-    )
-    masks = jaxprune.masks(opt_state)
-    return HanResult(
-        dense_accuracy=dense_acc,
-        accuracy=float(acc_of(params, masks)),
-        stats=jaxprune.summary(params, masks, print_fn=None),
-        history=history,
-        params=params,
-        masks=masks,
-        seconds=time.perf_counter() - t0,
-    )
-
-
-def fit(
-    model: nn.Module,
-    params: Any,
-    data,
-    tx: optax.GradientTransformation,
-    epochs: int,
-    *,
-    batch_size: int = 128,
-    seed: int = 0,
-    straight_through: bool = False,
-    forward: Callable[[Any], Any] | None = None,
-    raw_grads: bool = False,
-    on_epoch: Callable[[int, Any, Any, float], Any] | None = None,
-) -> tuple[Any, Any]:
-    """Trains ``params`` for ``epochs`` epochs with ``tx`` (one jitted ``lax.scan`` per epoch).
-
-    With ``straight_through`` the forward pass uses the optimizer state's masks,
-    ``apply_masks(params, masks, straight_through=True)`` (dynamic network surgery).
-    ``forward(params)`` (e.g. a straight-through top-k) is what the loss sees, if given.
-    With ``raw_grads`` the gradient is also passed as ``tx.update(..., raw_grads=g)`` (RigL).
-    ``on_epoch(epoch, params, opt_state, mean_loss)`` is called after each epoch.
-    Returns ``(params, opt_state)``.
-    """
-    n = data.x_train.shape[0]
-    steps = n // batch_size
-    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    opt_state = tx.init(params)
-
-    def loss_fn(p, s, xb, yb, k):
-        if straight_through:
-            p = jaxprune.apply_masks(p, jaxprune.masks(s), straight_through=True)
-        if forward is not None:
-            p = forward(p)
-        logits = model.apply({"params": p}, xb, train=True, rngs={"dropout": k})
-        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-
-    @jax.jit
-    def epoch(p, s, k):
-        idx = jax.random.permutation(k, n)[: steps * batch_size].reshape(steps, batch_size)
-
-        def step(carry, i):
-            p, s = carry
-            loss, g = jax.value_and_grad(loss_fn)(p, s, x[i], y[i], jax.random.fold_in(k, i[0]))
-            u, s = tx.update(g, s, p, raw_grads=g) if raw_grads else tx.update(g, s, p)
-            return (optax.apply_updates(p, u), s), loss
-
-        (p, s), losses = jax.lax.scan(step, (p, s), idx)
-        return p, s, jnp.mean(losses)
-
-    key = jax.random.key(seed)
-    for e in range(epochs):
-        params, opt_state, loss = epoch(params, opt_state, jax.random.fold_in(key, e))
-        if on_epoch is not None:
-            on_epoch(e, params, opt_state, float(loss))
-    return params, opt_state
-
-
-def _accuracy(model, params, data):
-    logits = model.apply({"params": params}, jnp.asarray(data.x_test))
-    return jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(data.y_test))
-
-
-def test_accuracy(model: nn.Module, params: Any, data, masks: Any = None) -> float:
-    """Test-set accuracy of ``model`` with ``params`` (masked by ``masks`` if given)."""
-    if masks is not None:
-        params = jaxprune.apply_masks(params, masks)
-    return float(jax.jit(lambda p: _accuracy(model, p, data))(params))
+    """Han et al.'s dense training then prune/retrain rounds (``jaxprune.demo.train``), quietly."""
+    return demo.train(data, cfg, model=model, progress=_silent)
 
 
 # ---------------------------------------------------------------------------------------

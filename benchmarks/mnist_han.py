@@ -2,7 +2,7 @@
 
 Dense training, then ``--rounds`` prune/retrain rounds whose per-layer densities shrink
 geometrically towards Han's 8% / 9% / 26% (fc1 / fc2 / fc3; biases stay dense), with
-``optax_sparsity`` and the per-path iterative schedules of ``common.han_sparsity``. Reports, per
+``optax_sparsity`` and the per-path iterative schedules of ``jaxprune.demo.han_sparsity``. Reports, per
 seed and as the median over seeds: dense and pruned test error, non-zeros (weights and
 biases), compression and per-layer densities.
 

@@ -31,6 +31,7 @@ import optax
 from flax import linen as nn
 
 import jaxprune
+from jaxprune import importance
 from jaxprune._src import mnist as mnist_lib
 
 HAN_DENSITIES = {"Dense_0/kernel": 0.08, "Dense_1/kernel": 0.09, "Dense_2/kernel": 0.26}
@@ -38,41 +39,60 @@ SUBSET_FILE = "mnist_subset.npz"
 
 
 class LeNet300100(nn.Module):
-    """LeNet-300-100: ``784 -> 300 -> ReLU -> 100 -> ReLU -> 10`` (266,610 parameters)."""
+    """LeNet-300-100: ``784 -> 300 -> ReLU -> 100 -> ReLU -> 10`` (266,610 parameters).
+
+    ``names`` names the Dense layers (default: Flax's ``Dense_0``, ``Dense_1``, ``Dense_2``);
+    the hidden activations are tapped as ``fc1``, ``fc2``, ... (before dropout) for
+    ``jaxprune.importance.linen_taps``.
+    """
 
     widths: tuple[int, ...] = (300, 100)
     num_classes: int = 10
     dropout: float = 0.0  # on the hidden activations, in training only
+    names: tuple[str, ...] | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        def name(i):
+            return None if self.names is None else self.names[i]
+
         x = x.reshape((x.shape[0], -1))
-        for w in self.widths:
-            x = nn.relu(nn.Dense(w)(x))
+        for i, w in enumerate(self.widths):
+            x = importance.tap(self, f"fc{i + 1}", nn.relu(nn.Dense(w, name=name(i))(x)))
             if self.dropout:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes)(x)
+        return nn.Dense(self.num_classes, name=name(len(self.widths)))(x)
 
 
 class LeNet5(nn.Module):
     """LeNet-5 as in Caffe: ``conv(20, 5x5) -> pool -> conv(50, 5x5) -> pool -> 500 -> 10``.
 
-    431,080 parameters. Caffe's prototxt has no ReLU after the convolutions
-    (``conv_relu=False``, the faithful default); activation-based criteria need it.
+    431,080 parameters with the default ``widths``. Layers ``conv1``, ``conv2``, ``fc1``,
+    ``fc2``; taps ``conv1``, ``pool1``, ``conv2``, ``pool2``, ``fc1``. Caffe's prototxt has no
+    ReLU after the convolutions (``conv_relu=False``, the faithful default); activation-based
+    criteria need it.
     """
 
+    widths: tuple[int, int, int] = (20, 50, 500)
     conv_relu: bool = False
     num_classes: int = 10
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         del train
+        c1, c2, f1 = self.widths
         act = nn.relu if self.conv_relu else (lambda y: y)
-        x = nn.max_pool(act(nn.Conv(20, (5, 5), padding="VALID")(x)), (2, 2), (2, 2))
-        x = nn.max_pool(act(nn.Conv(50, (5, 5), padding="VALID")(x)), (2, 2), (2, 2))
-        x = x.reshape((x.shape[0], -1))
-        x = nn.relu(nn.Dense(500)(x))
-        return nn.Dense(self.num_classes)(x)
+        x = importance.tap(
+            self, "conv1", act(nn.Conv(c1, (5, 5), padding="VALID", name="conv1")(x))
+        )
+        x = importance.tap(self, "pool1", nn.max_pool(x, (2, 2), (2, 2)))
+        x = importance.tap(
+            self, "conv2", act(nn.Conv(c2, (5, 5), padding="VALID", name="conv2")(x))
+        )
+        x = importance.tap(self, "pool2", nn.max_pool(x, (2, 2), (2, 2)))
+        x = x.reshape(x.shape[0], -1)
+        x = importance.tap(self, "fc1", nn.relu(nn.Dense(f1, name="fc1")(x)))
+        return nn.Dense(self.num_classes, name="fc2")(x)
 
 
 def lenet_300_100(dropout: float = 0.0) -> LeNet300100:
@@ -265,6 +285,8 @@ def fit(
     batch_size: int = 128,
     seed: int = 0,
     straight_through: bool = False,
+    forward: Callable[[Any], Any] | None = None,
+    raw_grads: bool = False,
     on_epoch: Callable[[int, Any, Any, float], Any] | None = None,
 ) -> tuple[Any, Any]:
     """Trains ``params`` for ``epochs`` epochs with ``tx`` (one jitted ``lax.scan`` per epoch).
@@ -282,6 +304,9 @@ def fit(
       batch_size: Batch size.
       seed: Seeds the shuffling.
       straight_through: Apply the state's masks in the forward pass (straight-through).
+      forward: Optional ``params -> params`` applied in the loss (e.g. a straight-through
+        top-k, ``lambda p: jaxprune.ste_topk(p, 0.9)``).
+      raw_grads: Also pass the gradient as ``tx.update(..., raw_grads=grads)`` (RigL).
       on_epoch: Called as ``on_epoch(epoch, params, opt_state, mean_loss)`` after each epoch.
 
     Returns:
@@ -295,6 +320,8 @@ def fit(
     def loss_fn(p, s, xb, yb, k):
         if straight_through:
             p = jaxprune.apply_masks(p, jaxprune.masks(s), straight_through=True)
+        if forward is not None:
+            p = forward(p)
         logits = model.apply({"params": p}, xb, train=True, rngs={"dropout": k})
         return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
@@ -305,7 +332,7 @@ def fit(
         def step(carry, i):
             p, s = carry
             loss, g = jax.value_and_grad(loss_fn)(p, s, x[i], y[i], jax.random.fold_in(k, i[0]))
-            u, s = tx.update(g, s, p)
+            u, s = tx.update(g, s, p, raw_grads=g) if raw_grads else tx.update(g, s, p)
             return (optax.apply_updates(p, u), s), loss
 
         (p, s), losses = jax.lax.scan(step, (p, s), idx)
