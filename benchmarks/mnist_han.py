@@ -2,9 +2,9 @@
 
 Dense training, then ``--rounds`` prune/retrain rounds whose per-layer densities shrink
 geometrically towards Han's 8% / 9% / 26% (fc1 / fc2 / fc3; biases stay dense), with
-``optax_sparsity`` and the per-path iterative schedules of ``jaxprune.demo.han_sparsity``. Reports, per
-seed and as the median over seeds: dense and pruned test error, non-zeros (weights and
-biases), compression and per-layer densities.
+``optax_sparsity`` and the per-path iterative schedules of ``jaxprune.demo.han_sparsity``.
+Reports, per seed and as the median over seeds: dense and pruned test error, non-zeros
+(weights and biases), compression and per-layer densities.
 
 Target (issue 3): at least 12x at test error <= 1.55% (Han et al.: 12x at 1.59%).
 
