@@ -19,6 +19,8 @@ speed-up divided by the MACs ratio (target >= 0.8 for prefill).
 Usage (from the repository root; ``pip install -e ".[llm]"``)::
 
     PYTHONPATH=. python benchmarks/llm_structural.py [--distill-steps 200] [--rounds 5]
+    PYTHONPATH=. python benchmarks/llm_structural.py --skip-quality --rounds 7 \
+        --out benchmarks/results/llm_structural_latency.json   # latency only, on an idle machine
 """
 
 from __future__ import annotations
@@ -145,6 +147,9 @@ def main():
     ap.add_argument("--distill-lr", type=float, default=3e-4)
     ap.add_argument("--models", default="width,depth")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument(
+        "--skip-quality", action="store_true", help="latency only: no perplexity, no distillation"
+    )
     ap.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "llm_structural.json"))
     args = ap.parse_args()
     common.print_meta()
@@ -168,6 +173,8 @@ def main():
             result["latency"] = latency(models, args.rounds)
             print(result["latency"], flush=True)
             common.write_result(args.out, result)
+        if args.skip_quality:
+            return
         rows = []
         base_p = non_embedding_params(dense)
         ppl_dense = evaluate.perplexity(dense, evals)
