@@ -218,3 +218,59 @@ def test_linen_depth_pruning_matches_nnx():
     ref = structural.depth_pruned(_as_nnx(CFG, params), np.asarray(keep))(TOKENS)
     assert float(jnp.max(jnp.abs(ref - got))) < 1e-4
     assert float(jnp.max(jnp.abs(got - mod.apply({"params": params}, TOKENS)))) > 1e-3
+
+
+def _member_set(group, params):
+    leaves = {"/".join(map(str, k)): v for k, v in _flat(params)}
+    return frozenset(
+        # ``partial`` only matters for a segment at offset 0.
+        (
+            m.path,
+            m.axis % leaves[m.path].ndim,
+            m.offset,
+            m.outer,
+            m.inner,
+            m.partial and not m.offset,
+        )
+        for m in group.members
+    )
+
+
+def _flat(params):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        yield tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path), leaf
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_trace_groups_discovers_gqa_swiglu_and_fused_segments(fused):
+    """The jaxpr walk finds the hand-declared KV-group, query-head and SwiGLU groups."""
+    m = _model(fused_qkv=fused, fused_gate_up=fused)
+    graphdef, state = nnx.split(m)
+    found = jaxprune.trace_groups(lambda s, x: nnx.merge(graphdef, s)(x), state, TOKENS)
+    params = structural.params_dict(m)
+    by_members = {_member_set(g, params): g for g in found.groups}
+    hand = jaxprune.llama_groups(m.cfg, heads="kv_group") + jaxprune.llama_groups(
+        m.cfg, heads="query_head", mlp=False
+    )
+    for g in hand:
+        assert _member_set(g, params) in by_members, g.name
+    # Per block one more group: the value head_dim with the output projection's rows (RoPE
+    # and the 1/sqrt(head_dim) scale keep the query/key head_dim out of every group).
+    assert len(found.groups) == 4 * CFG.num_layers
+    v = "qkv" if fused else "v"
+    hand_sets = {_member_set(h, params) for h in hand}
+    extra = [g for g in found.groups if _member_set(g, params) not in hand_sets]
+    assert len(extra) == CFG.num_layers
+    assert all(
+        {mm.path for mm in g.members}
+        == {f"blocks/{i}/attn/{v}/kernel", f"blocks/{i}/attn/o/kernel"}
+        for i, g in enumerate(sorted(extra, key=lambda g: g.name))
+    )
+    assert all(jaxprune.group_size(g, params) == CFG.head_dim for g in extra)
+    # Shrinking with a discovered group is shrinking with the hand-declared one.
+    kv = jaxprune.llama_groups(m.cfg, heads="kv_group", mlp=False)[0]
+    disc = by_members[_member_set(kv, params)]
+    keep = np.array([True, False, True])
+    a = jaxprune.shrink(params, {kv.name: keep}, [kv])
+    b = jaxprune.shrink(params, {disc.name: keep}, [disc])
+    jax.tree.map(np.testing.assert_array_equal, a, b)

@@ -608,8 +608,9 @@ def _finish(g: _Graph, order: dict[str, int]) -> Discovery:
         if not mem:
             continue
         members = tuple(sorted(mem, key=key))
-        if not rs and not any(m.whole for m in members) and c not in strided:
-            rs = {"no member spans the whole axis"}
+        tiles = any(m.offset == 0 and not m.partial for m in members)
+        if not rs and not any(m.whole for m in members) and c not in strided and not tiles:
+            rs = {"no member spans or tiles the whole axis"}
         if rs:
             unprunable.append((members, tuple(sorted(rs))))
             continue
