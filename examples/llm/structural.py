@@ -1,6 +1,6 @@
 """Width and depth pruning (structural) of the NNX decoder in :mod:`examples.llm.model`.
 
-Glue between the model and jaxprune's hand-declared LLaMA groups
+Glue between the model and jaxprune's declared LLaMA groups
 (:func:`jaxprune.llama_groups`): masking, shrinking into a rebuilt smaller model, Minitron
 activation scores (Muralidharan et al. 2024), ShortGPT block importance (Men et al. 2024),
 and export of the shrunk config with an orbax checkpoint.

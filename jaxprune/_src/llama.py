@@ -71,7 +71,7 @@ def llama_groups(
     residual: bool = False,
     block_path: str = "blocks/{i}",
 ) -> list[Group]:
-    """Hand-declared structured groups of a LLaMA-style decoder (GQA, SwiGLU, tied embedding).
+    """Declared structured groups of a LLaMA-style decoder (GQA, SwiGLU, tied embedding).
 
     Args:
       config: An object or mapping with int ``dim``, ``num_layers``, ``num_heads``,
