@@ -122,6 +122,9 @@ def test_no_references_to_files_outside_the_repository():
     pattern = re.compile(r"\b(DESIGN|METHODS|STYLE|JAX-NOTES)\.md\b")
     files = _py_files("jaxprune", "examples", "benchmarks", "tests")
     files += [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]
+    files += [*sorted((ROOT / "benchmarks").glob("*.md")), *sorted((ROOT / "notebooks").glob("*"))]
+    files += [ROOT / "CHANGELOG.md"]
+    files = [f for f in files if f.is_file()]
     bad = []
     for path in files:
         for i, line in enumerate(path.read_text().splitlines(), 1):
