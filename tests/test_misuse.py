@@ -474,3 +474,88 @@ def test_nnx_masks_from_the_optimizer_apply_to_the_param_state():
     assert isinstance(masked["fc"]["kernel"], nnx.Param)
     nnx.update(model, masked)
     assert int(jnp.sum(model.fc.kernel.get_value() == 0)) == 12
+
+
+def _nnx_bn_net():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.fc = nnx.Linear(4, 6, rngs=rngs)
+            self.bn = nnx.BatchNorm(6, rngs=rngs)
+            self.out = nnx.Linear(6, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(nnx.relu(self.bn(self.fc(x))))
+
+    model = Net(nnx.Rngs(0))
+    model.eval()
+    return model
+
+
+def test_nnx_groups_of_the_full_state_are_restricted_to_the_param_state_by_groups_in():
+    from flax import nnx
+
+    model = _nnx_bn_net()
+    x = jnp.ones((3, 4))
+    gd, full = nnx.split(model)
+    groups = jaxprune.trace_groups(lambda s, v: nnx.merge(gd, s)(v), full, x).groups
+    state = nnx.state(model, nnx.Param)
+    with pytest.raises(ValueError, match=r"'bn/mean'.*jaxprune\.groups_in\(groups, params\)"):
+        jaxprune.group_scores(state, groups)
+    pgroups = jaxprune.groups_in(groups, state)
+    assert {m.path for m in pgroups[0].members} == {
+        "fc/kernel",
+        "fc/bias",
+        "bn/scale",
+        "bn/bias",
+        "out/kernel",
+    }
+    scores = jaxprune.group_scores(state, pgroups)
+    keep = jaxprune.importance.select_groups(scores, 0.5)
+    masked = jaxprune.apply_masks(state, jaxprune.expand_group_masks(keep, pgroups, state))
+    nnx.update(model, masked)
+    ref = model(x)
+    jaxprune.shrink_module(model, keep, groups)  # the full groups shrink the statistics too
+    assert model.bn.mean.get_value().shape == (3,)
+    np.testing.assert_allclose(model(x), ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="groups_under"):
+        jaxprune.groups_in(groups, {"params": {"fc": {"kernel": jnp.ones((4, 6))}}})
+
+
+# ---------------------------------------------------------------------------------------
+# 10. Schedule-free optimizers: the evaluation parameters are pruned too.
+
+
+@pytest.mark.standard_dtypes
+def test_schedule_free_eval_params_are_exactly_zero_at_pruned_entries():
+    tx = optax.chain(
+        optax.contrib.schedule_free_adamw(1e-2), jaxprune.optax_sparsity(0.5, update_every=1)
+    )
+    params, state = _train(tx, _mlp(), steps=5)
+    masks = jaxprune.masks(state)
+    plain = optax.contrib.schedule_free_eval_params(state[0], params)
+    pruned = ~np.asarray(masks["fc1"]["kernel"])
+    assert np.all(np.asarray(plain["fc1"]["kernel"])[pruned] != 0)  # optax's: dense
+    jitted = jax.jit(jaxprune.schedule_free_eval_params)(state, params)
+    stats = jaxprune.summary(jitted, masks, print_fn=None)
+    assert stats.pruned_nonzero == 0 and stats.prunable_sparsity == 0.5
+    evaluated = jaxprune.schedule_free_eval_params(state, params)  # kept: optax's values
+    for name in ("fc1", "fc2", "out"):
+        keep = np.asarray(masks[name]["kernel"])
+        a, b = np.asarray(plain[name]["kernel"]), np.asarray(evaluated[name]["kernel"])
+        np.testing.assert_array_equal(a[keep], b[keep])
+        np.testing.assert_array_equal(plain[name]["bias"], evaluated[name]["bias"])
+    other = optax.chain(optax.sgd(0.1), jaxprune.optax_sparsity(0.5)).init(params)
+    with pytest.raises(ValueError, match="0 optax.contrib.schedule_free states"):
+        jaxprune.schedule_free_eval_params(other, params)
+
+
+@pytest.mark.standard_dtypes
+def test_schedule_free_with_sparsity_inside_the_wrapper_is_reported_by_masks():
+    base = optax.chain(optax.scale_by_adam(b1=0.0), optax.scale(-1e-2))
+    inner = optax.chain(base, jaxprune.optax_sparsity(0.5, update_every=1, begin_step=2))
+    tx = optax.contrib.schedule_free(inner, 1e-2)
+    _, state = _train(tx, _mlp(), steps=4)  # masks from step 2 on: y is not zeroed
+    with pytest.raises(ValueError, match="LAST transformation"):
+        jaxprune.schedule_free_eval_params(state, _mlp())
