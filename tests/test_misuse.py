@@ -592,3 +592,24 @@ def test_shrink_of_an_opt_state_with_filter_masks_shrinks_the_masks_and_training
     small = optax.apply_updates(small, u)
     jaxprune.masks(small_state)  # the chain-order check still passes
     assert jaxprune.summary(small, small_masks, print_fn=None).pruned_nonzero == 0
+
+
+# ---------------------------------------------------------------------------------------
+# The demo: a bad --data file is one line, with where to get MNIST.
+
+
+@pytest.mark.parametrize("content", [None, b"not an npz", b"PK\x03\x04broken"])
+def test_demo_with_a_bad_data_file_prints_one_line_saying_where_to_get_mnist(
+    tmp_path, capsys, content
+):
+    from jaxprune import demo
+
+    path = tmp_path / "mnist.npz"
+    if content is not None:
+        path.write_bytes(content)
+    assert demo.cli(["--data", str(path), "--plot", ""]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m jaxprune.demo: error: ")
+    assert str(path) in lines[0] and "tf-keras-datasets/mnist.npz" in lines[0]
