@@ -87,6 +87,7 @@ from jaxprune._src.sparsity import SparsityState as SparsityState
 from jaxprune._src.sparsity import default_prunable as default_prunable
 from jaxprune._src.sparsity import dynamic_network_surgery as dynamic_network_surgery
 from jaxprune._src.sparsity import masks as masks
+from jaxprune._src.sparsity import only_prunable as only_prunable
 from jaxprune._src.sparsity import optax_sparsity as optax_sparsity
 from jaxprune._src.sparsity import schedule_free_eval_params as schedule_free_eval_params
 from jaxprune._src.trace import Discovery as Discovery
@@ -166,6 +167,7 @@ __all__ = [
     "n_of_m",
     "nnx",
     "oneshot",
+    "only_prunable",
     "optax_sparsity",
     "prox_gates",
     "prox_group_lasso",

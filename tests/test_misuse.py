@@ -177,6 +177,30 @@ def test_default_prunable_exclude_names_unknown_paths():
 
 
 # ---------------------------------------------------------------------------------------
+# The pure functions prune every leaf they are given; only_prunable gives optax_sparsity's set.
+
+
+def test_pure_functions_on_only_prunable_agree_with_optax_sparsity_and_errors_say_so():
+    params = _mlp()
+    with pytest.raises(ValueError, match=r"'fc1/bias' has shape \(6,\).*only_prunable"):
+        jaxprune.scores.random(jax.random.key(0), params, jaxprune.CONNECTION)
+    with pytest.raises(ValueError, match=r"'fc1/bias'.*only_prunable"):
+        jaxprune.select.top_n_of_m(params, 2, 2)
+    kernels = jaxprune.only_prunable(params)
+    assert kernels["fc1"]["bias"] is None and kernels["fc1"]["kernel"] is params["fc1"]["kernel"]
+    jaxprune.scores.random(jax.random.key(0), kernels, jaxprune.CONNECTION)
+    assert jaxprune.select.top_n_of_m(kernels, 2, 2)["out"]["bias"] is None
+    pure = jaxprune.select.layerwise_topk(jaxprune.scores.magnitude(kernels), 0.5)
+    tx = jaxprune.optax_sparsity(0.5, update_every=1)
+    _, state = tx.update(params, tx.init(params), params)
+    chex.assert_trees_all_equal(pure, state.masks)
+    std = jaxprune.select.std_threshold(kernels, 1.0)
+    assert std["fc1"]["bias"] is None  # zero-initialised biases are not all pruned
+    head = jaxprune.only_prunable(params, lambda p: jaxprune.default_prunable(p, exclude="out"))
+    assert head["out"]["kernel"] is None and head["fc2"]["kernel"] is not None
+
+
+# ---------------------------------------------------------------------------------------
 # 3. shrink / widths with paths that match nothing.
 
 

@@ -102,6 +102,40 @@ def default_prunable(params: base.Params, *, exclude: Any = ()) -> Any:
     )
 
 
+def only_prunable(params: base.Params, prunable: Any = None) -> base.Params:
+    """``params`` with ``None`` at every leaf that ``prunable`` does not select.
+
+    The pure functions (:mod:`jaxprune.scores`, :mod:`jaxprune.select`) score and prune
+    every leaf they are given, biases and normalization scales included, while
+    :func:`optax_sparsity` prunes only ``prunable`` leaves (by default :func:`default_prunable`:
+    rank >= 2). Pass ``only_prunable(params)`` to a pure function to make it agree with
+    :func:`optax_sparsity`: the ``None`` leaves are not scored, and get ``None`` masks, which
+    :func:`jaxprune.apply_masks` and the transforms read as "not pruned".
+
+    Args:
+      params: A tree of arrays (or ``jax.ShapeDtypeStruct``; NNX ``State`` works).
+      prunable: As in :func:`optax_sparsity`: a bool tree (a prefix, matched by path), a
+        callable of the params (e.g. ``lambda p: jaxprune.default_prunable(p, exclude=["out"])``)
+        or ``None`` for :func:`default_prunable`.
+
+    Returns:
+      A tree with the structure of ``params``: the selected leaves, ``None`` elsewhere.
+
+    Raises:
+      TypeError: If ``prunable`` does not hold one Python bool per leaf, or selects a leaf
+        that is not floating point.
+      ValueError: If ``prunable`` does not fit the params' structure.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxprune
+      >>> p = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
+      >>> jaxprune.select.layerwise_topk(jaxprune.only_prunable(p), 0.5)["bias"] is None
+      True
+    """
+    return base.select_leaves(params, _prunable_flags(prunable, params))
+
+
 def _prunes_output_units(granularity: Any) -> bool:
     """Whether one unit of ``granularity`` is a whole output unit (or the whole leaf).
 
