@@ -87,8 +87,11 @@ from jaxprune._src.sparsity import SparsityState as SparsityState
 from jaxprune._src.sparsity import default_prunable as default_prunable
 from jaxprune._src.sparsity import dynamic_network_surgery as dynamic_network_surgery
 from jaxprune._src.sparsity import masks as masks
+from jaxprune._src.sparsity import only_prunable as only_prunable
 from jaxprune._src.sparsity import optax_sparsity as optax_sparsity
+from jaxprune._src.sparsity import schedule_free_eval_params as schedule_free_eval_params
 from jaxprune._src.trace import Discovery as Discovery
+from jaxprune._src.trace import groups_in as groups_in
 from jaxprune._src.trace import groups_under as groups_under
 from jaxprune._src.trace import trace_groups as trace_groups
 
@@ -149,6 +152,7 @@ __all__ = [
     "group_norms",
     "group_scores",
     "group_size",
+    "groups_in",
     "groups_under",
     "hard_concrete_deterministic",
     "hard_concrete_prob_nonzero",
@@ -163,11 +167,13 @@ __all__ = [
     "n_of_m",
     "nnx",
     "oneshot",
+    "only_prunable",
     "optax_sparsity",
     "prox_gates",
     "prox_group_lasso",
     "prox_l1",
     "scale_labels",
+    "schedule_free_eval_params",
     "schedules",
     "scores",
     "select",

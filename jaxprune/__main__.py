@@ -1,6 +1,8 @@
 """``python -m jaxprune`` runs the demo (``python -m jaxprune.demo``)."""
 
-from jaxprune.demo import main
+import sys
+
+from jaxprune.demo import cli
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

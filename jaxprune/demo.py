@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -412,7 +413,53 @@ def plot(result: RunResult, path: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> RunResult:
-    """Runs the demo from the command line; see ``python -m jaxprune.demo --help``."""
+    """Runs the demo from the command line; see ``python -m jaxprune.demo --help``.
+
+    Args:
+      argv: The command-line arguments (``None``: ``sys.argv[1:]``).
+
+    Returns:
+      The :class:`RunResult`.
+
+    Raises:
+      FileNotFoundError: If ``--data`` (or ``$JAXPRUNE_MNIST``) names no file.
+      ValueError: If that file is not an MNIST ``.npz``. :func:`cli` reports both in one
+        line instead.
+    """
+    args = _parser().parse_args(argv)
+    return _run(args, *_data(args.data))
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """The ``python -m jaxprune.demo`` entry point: :func:`main`, as a command line tool.
+
+    A missing or unreadable ``--data`` file is reported in one line on stderr (what is wrong,
+    and where the full MNIST file can be obtained) with exit status 2, not as a traceback.
+
+    Args:
+      argv: The command-line arguments (``None``: ``sys.argv[1:]``).
+
+    Returns:
+      The exit status: 0 after a run, 2 for a bad data file.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        data = _data(args.data)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"python -m jaxprune.demo: error: {e}", file=sys.stderr)
+        return 2
+    _run(args, *data)
+    return 0
+
+
+def _data(path: str | None) -> tuple[mnist_lib.MNIST, str]:
+    path = path or os.environ.get(mnist_lib.ENV_VAR)
+    if path:
+        return mnist_lib.load_mnist(path), f"full MNIST from {path}"
+    return load_subset(), "the MNIST subset shipped with jaxprune (use --data for the full set)"
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jaxprune.demo", description=__doc__.splitlines()[0]
     )
@@ -427,15 +474,10 @@ def main(argv: list[str] | None = None) -> RunResult:
     parser.add_argument("--retrain-epochs", type=int, default=cfg.retrain_epochs)
     parser.add_argument("--seed", type=int, default=cfg.seed)
     parser.add_argument("--plot", default="jaxprune_demo.png", help="PNG path ('' = none)")
-    args = parser.parse_args(argv)
+    return parser
 
-    path = args.data or os.environ.get(mnist_lib.ENV_VAR)
-    if path:
-        data = mnist_lib.load_mnist(path)
-        source = f"full MNIST from {path}"
-    else:
-        data = load_subset()
-        source = "the MNIST subset shipped with jaxprune (use --data for the full set)"
+
+def _run(args: argparse.Namespace, data: mnist_lib.MNIST, source: str) -> RunResult:
     cfg = DemoConfig(
         dense_epochs=args.dense_epochs,
         rounds=args.rounds,
@@ -475,4 +517,4 @@ def main(argv: list[str] | None = None) -> RunResult:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -1,4 +1,9 @@
-"""Importance scores: ``jaxprune.scores.magnitude``, ``taylor``, ``random``, ``norm``, ..."""
+"""Importance scores: ``jaxprune.scores.magnitude``, ``taylor``, ``random``, ``norm``, ...
+
+Every leaf given is scored (biases too; structured granularities refuse leaves of rank < 2):
+pass ``jaxprune.only_prunable(params)`` to score the leaves :func:`jaxprune.optax_sparsity`
+prunes by default, with ``None`` (unscored, never pruned) for the others.
+"""
 
 from jaxprune._src.scores import TaylorState as TaylorState
 from jaxprune._src.scores import magnitude as magnitude

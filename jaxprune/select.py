@@ -3,6 +3,9 @@
 Every selector maps a params-shaped tree of scores (``None`` = not scored, never pruned) to a
 bool mask tree of the same structure; ``True`` marks kept entries. All of them run under
 ``jax.jit``, and sparsities and thresholds may be traced (changing them never recompiles).
+They prune every leaf they are given, biases and normalization scales included: pass
+``jaxprune.only_prunable(params)`` (or its scores) to prune the leaves that
+:func:`jaxprune.optax_sparsity` prunes by default (rank >= 2) and leave the rest ``None``.
 
 How the exact top-k works. Nothing is sorted: XLA:CPU sorts ~30x slower than NumPy, and sorting
 (``jnp.sort``, ``lax.top_k``, ``jnp.quantile``) gathers a sharded array onto every device.

@@ -177,6 +177,30 @@ def test_default_prunable_exclude_names_unknown_paths():
 
 
 # ---------------------------------------------------------------------------------------
+# The pure functions prune every leaf they are given; only_prunable gives optax_sparsity's set.
+
+
+def test_pure_functions_on_only_prunable_agree_with_optax_sparsity_and_errors_say_so():
+    params = _mlp()
+    with pytest.raises(ValueError, match=r"'fc1/bias' has shape \(6,\).*only_prunable"):
+        jaxprune.scores.random(jax.random.key(0), params, jaxprune.CONNECTION)
+    with pytest.raises(ValueError, match=r"'fc1/bias'.*only_prunable"):
+        jaxprune.select.top_n_of_m(params, 2, 2)
+    kernels = jaxprune.only_prunable(params)
+    assert kernels["fc1"]["bias"] is None and kernels["fc1"]["kernel"] is params["fc1"]["kernel"]
+    jaxprune.scores.random(jax.random.key(0), kernels, jaxprune.CONNECTION)
+    assert jaxprune.select.top_n_of_m(kernels, 2, 2)["out"]["bias"] is None
+    pure = jaxprune.select.layerwise_topk(jaxprune.scores.magnitude(kernels), 0.5)
+    tx = jaxprune.optax_sparsity(0.5, update_every=1)
+    _, state = tx.update(params, tx.init(params), params)
+    chex.assert_trees_all_equal(pure, state.masks)
+    std = jaxprune.select.std_threshold(kernels, 1.0)
+    assert std["fc1"]["bias"] is None  # zero-initialised biases are not all pruned
+    head = jaxprune.only_prunable(params, lambda p: jaxprune.default_prunable(p, exclude="out"))
+    assert head["out"]["kernel"] is None and head["fc2"]["kernel"] is not None
+
+
+# ---------------------------------------------------------------------------------------
 # 3. shrink / widths with paths that match nothing.
 
 
@@ -474,3 +498,142 @@ def test_nnx_masks_from_the_optimizer_apply_to_the_param_state():
     assert isinstance(masked["fc"]["kernel"], nnx.Param)
     nnx.update(model, masked)
     assert int(jnp.sum(model.fc.kernel.get_value() == 0)) == 12
+
+
+def _nnx_bn_net():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.fc = nnx.Linear(4, 6, rngs=rngs)
+            self.bn = nnx.BatchNorm(6, rngs=rngs)
+            self.out = nnx.Linear(6, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(nnx.relu(self.bn(self.fc(x))))
+
+    model = Net(nnx.Rngs(0))
+    model.eval()
+    return model
+
+
+def test_nnx_groups_of_the_full_state_are_restricted_to_the_param_state_by_groups_in():
+    from flax import nnx
+
+    model = _nnx_bn_net()
+    x = jnp.ones((3, 4))
+    gd, full = nnx.split(model)
+    groups = jaxprune.trace_groups(lambda s, v: nnx.merge(gd, s)(v), full, x).groups
+    state = nnx.state(model, nnx.Param)
+    with pytest.raises(ValueError, match=r"'bn/mean'.*jaxprune\.groups_in\(groups, params\)"):
+        jaxprune.group_scores(state, groups)
+    pgroups = jaxprune.groups_in(groups, state)
+    assert {m.path for m in pgroups[0].members} == {
+        "fc/kernel",
+        "fc/bias",
+        "bn/scale",
+        "bn/bias",
+        "out/kernel",
+    }
+    scores = jaxprune.group_scores(state, pgroups)
+    keep = jaxprune.importance.select_groups(scores, 0.5)
+    masked = jaxprune.apply_masks(state, jaxprune.expand_group_masks(keep, pgroups, state))
+    nnx.update(model, masked)
+    ref = model(x)
+    jaxprune.shrink_module(model, keep, groups)  # the full groups shrink the statistics too
+    assert model.bn.mean.get_value().shape == (3,)
+    np.testing.assert_allclose(model(x), ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="groups_under"):
+        jaxprune.groups_in(groups, {"params": {"fc": {"kernel": jnp.ones((4, 6))}}})
+
+
+# ---------------------------------------------------------------------------------------
+# 10. Schedule-free optimizers: the evaluation parameters are pruned too.
+
+
+@pytest.mark.standard_dtypes
+def test_schedule_free_eval_params_are_exactly_zero_at_pruned_entries():
+    tx = optax.chain(
+        optax.contrib.schedule_free_adamw(1e-2), jaxprune.optax_sparsity(0.5, update_every=1)
+    )
+    params, state = _train(tx, _mlp(), steps=5)
+    masks = jaxprune.masks(state)
+    plain = optax.contrib.schedule_free_eval_params(state[0], params)
+    pruned = ~np.asarray(masks["fc1"]["kernel"])
+    assert np.all(np.asarray(plain["fc1"]["kernel"])[pruned] != 0)  # optax's: dense
+    jitted = jax.jit(jaxprune.schedule_free_eval_params)(state, params)
+    stats = jaxprune.summary(jitted, masks, print_fn=None)
+    assert stats.pruned_nonzero == 0 and stats.prunable_sparsity == 0.5
+    evaluated = jaxprune.schedule_free_eval_params(state, params)  # kept: optax's values
+    for name in ("fc1", "fc2", "out"):
+        keep = np.asarray(masks[name]["kernel"])
+        a, b = np.asarray(plain[name]["kernel"]), np.asarray(evaluated[name]["kernel"])
+        np.testing.assert_array_equal(a[keep], b[keep])
+        np.testing.assert_array_equal(plain[name]["bias"], evaluated[name]["bias"])
+    other = optax.chain(optax.sgd(0.1), jaxprune.optax_sparsity(0.5)).init(params)
+    with pytest.raises(ValueError, match="0 optax.contrib.schedule_free states"):
+        jaxprune.schedule_free_eval_params(other, params)
+
+
+@pytest.mark.standard_dtypes
+def test_schedule_free_with_sparsity_inside_the_wrapper_is_reported_by_masks():
+    base = optax.chain(optax.scale_by_adam(b1=0.0), optax.scale(-1e-2))
+    inner = optax.chain(base, jaxprune.optax_sparsity(0.5, update_every=1, begin_step=2))
+    tx = optax.contrib.schedule_free(inner, 1e-2)
+    _, state = _train(tx, _mlp(), steps=4)  # masks from step 2 on: y is not zeroed
+    with pytest.raises(ValueError, match="LAST transformation"):
+        jaxprune.schedule_free_eval_params(state, _mlp())
+
+
+@pytest.mark.standard_dtypes
+def test_shrink_of_an_opt_state_with_filter_masks_shrinks_the_masks_and_training_continues():
+    prunable = lambda p: jaxprune.default_prunable(p, exclude=["out"])
+    tx = optax.chain(
+        optax.adam(1e-2),
+        jaxprune.optax_sparsity(
+            0.5, granularity=jaxprune.FILTER, prunable=prunable, update_every=1
+        ),
+    )
+    params, state = _train(tx, _mlp())
+    masks = jaxprune.masks(state)
+    assert masks["fc1"]["kernel"].shape == (1, 6)  # a broadcast (structured) mask
+    keep = {"h": np.asarray(masks["fc1"]["kernel"])[0]}
+    small, small_state = (jaxprune.shrink(t, keep, [_group()]) for t in (params, state))
+    small_masks = jaxprune.masks(small_state)
+    assert small_masks["fc1"]["kernel"].shape == (1, 3) and bool(small_masks["fc1"]["kernel"].all())
+    np.testing.assert_array_equal(small_masks["fc2"]["kernel"], masks["fc2"]["kernel"])
+    assert small_state[0][0].mu["fc2"]["kernel"].shape == (3, 6)
+    x = jnp.ones((2, 8))
+
+    def forward(p):
+        h = jax.nn.relu(x @ p["fc1"]["kernel"] + p["fc1"]["bias"][None])
+        h = jax.nn.relu(h @ p["fc2"]["kernel"] + p["fc2"]["bias"][None])
+        return h @ p["out"]["kernel"] + p["out"]["bias"][None]
+
+    full = jaxprune.apply_masks(params, jaxprune.expand_group_masks(keep, [_group()], params))
+    np.testing.assert_allclose(forward(small), forward(full), atol=1e-5, rtol=1e-5)
+    u, small_state = jax.jit(tx.update)(_grads(small, 9), small_state, small)
+    small = optax.apply_updates(small, u)
+    jaxprune.masks(small_state)  # the chain-order check still passes
+    assert jaxprune.summary(small, small_masks, print_fn=None).pruned_nonzero == 0
+
+
+# ---------------------------------------------------------------------------------------
+# The demo: a bad --data file is one line, with where to get MNIST.
+
+
+@pytest.mark.parametrize("content", [None, b"not an npz", b"PK\x03\x04broken"])
+def test_demo_with_a_bad_data_file_prints_one_line_saying_where_to_get_mnist(
+    tmp_path, capsys, content
+):
+    from jaxprune import demo
+
+    path = tmp_path / "mnist.npz"
+    if content is not None:
+        path.write_bytes(content)
+    assert demo.cli(["--data", str(path), "--plot", ""]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m jaxprune.demo: error: ")
+    assert str(path) in lines[0] and "tf-keras-datasets/mnist.npz" in lines[0]

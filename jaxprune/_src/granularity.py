@@ -68,7 +68,10 @@ class Granularity:
         if ndim < self.min_ndim:
             raise ValueError(
                 f"granularity {self.name!r} needs a parameter of rank >= {self.min_ndim}, but "
-                f"{path!r} has shape {tuple(shape)}."
+                f"{path!r} has shape {tuple(shape)}. Leave such leaves out: pass "
+                "jaxprune.only_prunable(params) (None for every leaf of rank < 2, as "
+                "optax_sparsity prunes by default) to the pure functions, or select the "
+                "leaves with `prunable`."
             )
         if self.is_n_of_m:
             ax = self.axis % ndim

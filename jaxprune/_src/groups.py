@@ -117,7 +117,12 @@ def group_size(group: Group, params: base.Params) -> int:
     sizes = {}
     for m in group.members:
         if m.path not in leaves:
-            raise ValueError(f"group {group.name!r}: no parameter at path {m.path!r}.")
+            raise ValueError(
+                f"group {group.name!r}: no parameter at path {m.path!r}. Groups traced on a "
+                "larger tree name leaves this one lacks: restrict them with "
+                "jaxprune.groups_in(groups, params) (an NNX Param state) or "
+                "jaxprune.groups_under(groups, 'params') (Linen variables)."
+            )
         shape = tuple(leaves[m.path].shape)
         if not -len(shape) <= m.axis < len(shape):
             raise ValueError(

@@ -8,12 +8,18 @@ caller (``--data``) or the ``JAXPRUNE_MNIST`` environment variable.
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import NamedTuple
 
 import numpy as np
 
 ENV_VAR = "JAXPRUNE_MNIST"
 KEYS = ("x_train", "y_train", "x_test", "y_test")
+WHERE = (
+    "The file Keras uses is at "
+    "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz "
+    "(keras.datasets.mnist.load_data() saves it as ~/.keras/datasets/mnist.npz)."
+)
 
 
 class MNIST(NamedTuple):
@@ -41,7 +47,7 @@ def resolve_path(path: str | os.PathLike | None = None) -> str:
     path = path if path is not None else os.environ.get(ENV_VAR)
     hint = (
         "Provide the full MNIST as an .npz with keys x_train, y_train, x_test, y_test "
-        f"(the Keras mnist.npz layout): pass --data PATH or set {ENV_VAR}=PATH."
+        f"(the Keras mnist.npz layout): pass --data PATH or set {ENV_VAR}=PATH. {WHERE}"
     )
     if not path:
         raise FileNotFoundError(f"No MNIST file given. {hint}")
@@ -64,10 +70,16 @@ def load_mnist(path: str | os.PathLike | None = None) -> MNIST:
       ValueError: If the file lacks one of the expected keys or has the wrong shapes.
     """
     path = resolve_path(path)
-    with np.load(path) as data:
+    with open(path, "rb") as f:
+        try:
+            data = np.load(f)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not an .npz file
+            raise ValueError(f"{path!r} is not an MNIST .npz file ({e}). {WHERE}") from e
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path!r} is a single .npy array, not an MNIST .npz file. {WHERE}")
         missing = [k for k in KEYS if k not in data]
         if missing:
-            raise ValueError(f"{path!r} lacks the keys {missing}; expected {list(KEYS)}.")
+            raise ValueError(f"{path!r} lacks the keys {missing}; expected {list(KEYS)}. {WHERE}")
         arrays = {k: data[k] for k in KEYS}
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]

@@ -724,7 +724,8 @@ def _n_of_m_leaf(x: jax.Array, n: int, m: int, axis: int, path: str) -> jax.Arra
     if not -len(shape) <= axis < len(shape):
         raise ValueError(
             f"N:M sparsity {n}:{m} runs along axis {axis}, but {path!r} has shape {shape} "
-            f"(rank {len(shape)})."
+            f"(rank {len(shape)}). Leave such leaves out: pass jaxprune.only_prunable(scores) "
+            "(None for every leaf of rank < 2, as optax_sparsity prunes by default)."
         )
     ax = axis % len(shape)
     if shape[ax] % m:

@@ -18,6 +18,12 @@ it (``'0/mu/params/conv1/kernel'``); for a params-only tree and its optimizer st
 (they are copies of that parameter); a leaf that only shares the path's ending, with another
 shape, raises instead of being cut. A leaf with the same shape that is not a copy cannot be
 told apart: keep such leaves out of the tree passed in.
+
+**Masks.** A boolean leaf may also *broadcast* to its parameter: the masks of structured
+granularities (``FILTER`` keeps a ``(1, out)`` mask for a ``(in, out)`` kernel) are cut
+along their full-length member axes and keep their size-1 axes, so the masks in an
+``optax_sparsity`` state shrink with the rest of the optimizer state and still fit the
+shrunk parameters: ``shrink(opt_state, keep, groups)`` needs nothing else.
 """
 
 from __future__ import annotations
@@ -66,8 +72,14 @@ def _match(path: str, members: dict[str, list]) -> str | None:
     return best
 
 
-def _lines(path: str, shape: tuple[int, ...], entries: list) -> dict[int, np.ndarray]:
-    """``{axis: bool vector of kept entries}`` for one leaf."""
+def _lines(
+    path: str, shape: tuple[int, ...], entries: list, broadcast: bool = False
+) -> dict[int, np.ndarray]:
+    """``{axis: bool vector of kept entries}`` for one leaf.
+
+    With ``broadcast`` (a boolean leaf: a mask) a size-1 member axis is a broadcast axis of
+    a structured mask; it has no entries to cut and is left as it is.
+    """
     lines: dict[int, np.ndarray] = {}
     for name, m, keep in entries:
         if not -len(shape) <= m.axis < len(shape):
@@ -77,6 +89,8 @@ def _lines(path: str, shape: tuple[int, ...], entries: list) -> dict[int, np.nda
         axis = m.axis % len(shape)
         length = shape[axis]
         c = keep.shape[0]
+        if broadcast and length == 1:
+            continue
         if m.whole and length != c:
             raise ValueError(
                 f"group {name!r}: {path!r} axis {axis} has {length} entries but the mask has {c}."
@@ -120,8 +134,9 @@ def shrink(
     """Removes the pruned channels of every group from the matching leaves of ``tree``.
 
     Works on params, Linen ``variables`` (batch statistics included) and optax states
-    (Adam's ``mu``/``nu`` have the params' structure inside namedtuples); see the module
-    doc for how leaf paths are matched to member paths.
+    (Adam's ``mu``/``nu`` have the params' structure inside namedtuples, and the masks of an
+    ``optax_sparsity`` state, structured ones included, shrink with them); see the module
+    doc for how leaf paths are matched to member paths and masks.
 
     Args:
       tree: Any pytree of arrays (``None`` and non-array leaves pass through).
@@ -143,7 +158,8 @@ def shrink(
       ValueError: If a group has no mask, a mask keeps no channel, a member path matches no
         leaf (unless ``allow_missing``), a mask does not fit a matched leaf (the message
         names the group and the path), or two leaves matched to the same member path differ
-        in shape (e.g. the factored moments of Adafactor, which are not parameter copies).
+        in shape (e.g. the factored moments of Adafactor, which are not parameter copies),
+        unless one is a boolean mask that broadcasts to the other.
 
     Example:
       >>> import jax.numpy as jnp
@@ -156,7 +172,7 @@ def shrink(
       ((3, 2), (2, 2))
     """
     members = _by_path(groups, group_masks)
-    seen: dict[str, tuple[str, tuple[int, ...]]] = {}
+    seen: dict[str, tuple[str, tuple[int, ...], bool]] = {}
     if not allow_missing:
         paths = [p for p, x in base.leaves_with_paths(tree) if x is not None]
         matched = {m for m in (_match(p, members) for p in paths) if m is not None}
@@ -177,15 +193,19 @@ def shrink(
         if m is None:
             return x
         shape = tuple(np.shape(x))
-        first, first_shape = seen.setdefault(m, (p, shape))
-        if shape != first_shape:
+        mask = np.asarray(x).dtype == np.bool_  # masks may broadcast (structured masks)
+        first, first_shape, first_mask = seen.setdefault(m, (p, shape, mask))
+        if first_mask and not mask:  # the parameter's own shape is the reference
+            seen[m] = (p, shape, mask)
+        if shape != first_shape and not ((mask or first_mask) and _broadcasts(shape, first_shape)):
             raise ValueError(
                 f"{p!r} (shape {shape}) and {first!r} (shape {first_shape}) both match the "
                 f"member path {m!r} but differ in shape; shrink only cuts exact copies of a "
-                "parameter (params, Adam-like moments). Pass the subtree that mirrors it."
+                "parameter (params, Adam-like moments) and boolean masks that broadcast to "
+                "it. Pass the subtree that mirrors it."
             )
         arr = np.asarray(x)
-        for axis, line in _lines(p, arr.shape, members[m]).items():
+        for axis, line in _lines(p, arr.shape, members[m], broadcast=mask).items():
             arr = np.take(arr, np.flatnonzero(line), axis=axis)
         out = jnp.asarray(arr, dtype=x.dtype)
         sharding = getattr(x, "sharding", None)
@@ -196,6 +216,13 @@ def shrink(
         return out
 
     return jax.tree_util.tree_map_with_path(one, tree, is_leaf=base.is_none)
+
+
+def _broadcasts(shape: tuple[int, ...], full: tuple[int, ...]) -> bool:
+    """Whether ``shape`` and ``full`` have one rank and agree wherever neither is 1."""
+    if len(shape) != len(full):
+        return False
+    return all(a == b or 1 in (a, b) for a, b in zip(shape, full, strict=True))
 
 
 def _fit(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:

@@ -25,6 +25,7 @@ import optax
 from jaxprune._src import base
 from jaxprune._src import distributions as dist_lib
 from jaxprune._src import granularity as gran_lib
+from jaxprune._src import masking as masking_lib
 from jaxprune._src import regularizers as reg_lib
 from jaxprune._src import schedules as sched_lib
 from jaxprune._src import scores as scores_lib
@@ -99,6 +100,40 @@ def default_prunable(params: base.Params, *, exclude: Any = ()) -> Any:
         lambda path, p: len(p.shape) >= 2 and not any(covers(e, path) for e in excluded),
         params,
     )
+
+
+def only_prunable(params: base.Params, prunable: Any = None) -> base.Params:
+    """``params`` with ``None`` at every leaf that ``prunable`` does not select.
+
+    The pure functions (:mod:`jaxprune.scores`, :mod:`jaxprune.select`) score and prune
+    every leaf they are given, biases and normalization scales included, while
+    :func:`optax_sparsity` prunes only ``prunable`` leaves (by default :func:`default_prunable`:
+    rank >= 2). Pass ``only_prunable(params)`` to a pure function to make it agree with
+    :func:`optax_sparsity`: the ``None`` leaves are not scored, and get ``None`` masks, which
+    :func:`jaxprune.apply_masks` and the transforms read as "not pruned".
+
+    Args:
+      params: A tree of arrays (or ``jax.ShapeDtypeStruct``; NNX ``State`` works).
+      prunable: As in :func:`optax_sparsity`: a bool tree (a prefix, matched by path), a
+        callable of the params (e.g. ``lambda p: jaxprune.default_prunable(p, exclude=["out"])``)
+        or ``None`` for :func:`default_prunable`.
+
+    Returns:
+      A tree with the structure of ``params``: the selected leaves, ``None`` elsewhere.
+
+    Raises:
+      TypeError: If ``prunable`` does not hold one Python bool per leaf, or selects a leaf
+        that is not floating point.
+      ValueError: If ``prunable`` does not fit the params' structure.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxprune
+      >>> p = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.ones(2)}
+      >>> jaxprune.select.layerwise_topk(jaxprune.only_prunable(p), 0.5)["bias"] is None
+      True
+    """
+    return base.select_leaves(params, _prunable_flags(prunable, params))
 
 
 def _prunes_output_units(granularity: Any) -> bool:
@@ -857,3 +892,76 @@ def masks(opt_state: Any, *, check: bool = True) -> base.Mask:
     return jax.tree.map(
         _unwrap, found[0].masks, is_leaf=lambda x: x is None or hasattr(x, "get_value")
     )
+
+
+def _find_schedule_free(tree: Any, found: list) -> None:
+    if isinstance(tree, optax.contrib.ScheduleFreeState):
+        found.append(tree)
+        return
+    if hasattr(tree, "get_value") and callable(tree.get_value):  # flax nnx Variable
+        _find_schedule_free(tree.get_value(), found)
+    elif isinstance(tree, Mapping):
+        for v in tree.values():
+            _find_schedule_free(v, found)
+    elif isinstance(tree, (tuple, list)):
+        for v in tree:
+            _find_schedule_free(v, found)
+    elif hasattr(tree, "__dict__") and not isinstance(tree, jax.Array):
+        for v in vars(tree).values():
+            _find_schedule_free(v, found)
+
+
+def schedule_free_eval_params(opt_state: Any, params: base.Params) -> base.Params:
+    """The evaluation parameters of a schedule-free optimizer, pruned by its masks.
+
+    ``optax.contrib.schedule_free`` (and ``schedule_free_adamw``, ``schedule_free_sgd``)
+    trains at points ``y`` and evaluates at ``x = (y - (1 - b1) z) / b1``. Chained with
+    :func:`optax_sparsity` last (``optax.chain(optax.contrib.schedule_free_adamw(lr),
+    jaxprune.optax_sparsity(...))``) the trained ``params`` (``y``) are exactly zero at pruned
+    entries but the sequence ``z`` is not, so ``optax.contrib.schedule_free_eval_params``
+    returns non-zero values there: a dense model. The rule: evaluate with this function,
+    which computes optax's ``x`` and zeroes the pruned entries with the masks of the same
+    state (:func:`masks`, with its checks). Kept entries are exactly optax's values.
+    Placing :func:`optax_sparsity` inside the schedule-free wrapper (as its base optimizer's
+    last step) prunes ``z`` but not ``y``, which the chain-order check of :func:`masks`
+    reports.
+
+    Args:
+      opt_state: The state of a chain holding one ``optax.contrib.schedule_free`` state and
+        one jaxprune sparsity state (an ``nnx.Optimizer``'s ``opt_state`` works).
+      params: The trained parameters (the ``y`` sequence the optimizer updates).
+
+    Returns:
+      The evaluation parameters, with the structure of ``params`` and exact zeros at pruned
+      entries.
+
+    Raises:
+      ValueError: If ``opt_state`` holds no schedule-free state, or more than one; or as
+        :func:`masks` (no sparsity state, or a chain-order problem it detected).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> import jaxprune
+      >>> tx = optax.chain(optax.contrib.schedule_free_sgd(0.1),
+      ...                  jaxprune.optax_sparsity(0.5, update_every=1, prunable=True))
+      >>> p = {"w": jnp.array([[1.0, 2.0], [3.0, 4.0]])}
+      >>> s = tx.init(p)
+      >>> u, s = tx.update(p, s, p)
+      >>> p = optax.apply_updates(p, u)
+      >>> int((jaxprune.schedule_free_eval_params(s, p)["w"] == 0).sum())
+      2
+    """
+    found: list = []
+    _find_schedule_free(opt_state, found)
+    if len(found) != 1:
+        raise ValueError(
+            f"`opt_state` holds {len(found)} optax.contrib.schedule_free states; "
+            "jaxprune.schedule_free_eval_params needs exactly one (the optimizer built with "
+            "optax.contrib.schedule_free* chained before jaxprune.optax_sparsity)."
+        )
+    mask = masks(opt_state)
+    state = jax.tree.map(_unwrap, found[0], is_leaf=lambda x: hasattr(x, "get_value"))
+    values = base.unwrap_variables(params)
+    evaluated = optax.contrib.schedule_free_eval_params(state, values)
+    return base.rewrap_variables(params, masking_lib.apply_masks(evaluated, mask))

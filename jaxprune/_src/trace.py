@@ -659,11 +659,13 @@ def trace_groups(
     Member paths name leaves of ``variables`` exactly as passed (``'/'``-joined, NNX
     ``.value`` dropped). For a Linen variables dict the collection is part of the path:
     ``'params/conv1/kernel'``, ``'batch_stats/bn1/mean'``; use :func:`groups_under` to get
-    the groups of the ``params`` subtree alone. Axes of the model's inputs and outputs are
-    never pruned. Nothing is evaluated: arrays may be ``jax.ShapeDtypeStruct``. Trace the
-    inference function (BatchNorm with running averages, no ``mutable``): every output
-    counts as a model output, so returning updated batch statistics would make their
-    channels unprunable.
+    the groups of the ``params`` subtree alone. For a full NNX state (``nnx.split(model)``)
+    the paths carry no collection (``'bn1/mean'`` next to ``'bn1/scale'``); use
+    :func:`groups_in` to restrict the groups to ``nnx.state(model, nnx.Param)``. Axes of
+    the model's inputs and outputs are never pruned. Nothing is evaluated: arrays may be
+    ``jax.ShapeDtypeStruct``. Trace the inference function (BatchNorm with running averages,
+    no ``mutable``): every output counts as a model output, so returning updated batch
+    statistics would make their channels unprunable.
 
     Args:
       apply_fn: The model function, called as ``apply_fn(variables, *example_inputs)``; for
@@ -750,4 +752,52 @@ def groups_under(groups: Sequence[Group], prefix: str) -> list[Group]:
         )
         if ms:
             out.append(Group(g.name, ms))
+    return out
+
+
+def groups_in(groups: Sequence[Group], tree: Any) -> list[Group]:
+    """Keeps the members whose paths are leaves of ``tree``.
+
+    The NNX counterpart of :func:`groups_under`: groups traced on the full state of an NNX
+    model (``nnx.split(model)``) also name its BatchNorm statistics (``'bn/mean'``), which
+    ``nnx.state(model, nnx.Param)`` does not hold. ``groups_in(groups, param_state)`` gives
+    the groups that :func:`jaxprune.group_scores`, :func:`jaxprune.expand_group_masks` and
+    the optax transforms accept on that state. Shrink the model itself with the full groups
+    (:func:`jaxprune.shrink_module`), so that the statistics shrink too.
+
+    Args:
+      groups: Groups naming paths of a larger tree.
+      tree: The tree the groups are for (arrays, ``jax.ShapeDtypeStruct`` or NNX
+        ``State``); ``None`` leaves count as absent.
+
+    Returns:
+      The groups restricted to the leaves of ``tree``, in order and with their names; groups
+      left with no member are dropped.
+
+    Raises:
+      ValueError: If no member of any group is a leaf of ``tree`` (the groups name another
+        tree: for Linen ``variables`` use :func:`groups_under`).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxprune
+      >>> g = jaxprune.Group("c", (jaxprune.Member("fc/kernel", 1),
+      ...                          jaxprune.Member("bn/mean", 0)))
+      >>> params = {"fc": {"kernel": jnp.ones((3, 4))}, "bn": {"scale": jnp.ones(4)}}
+      >>> [m.path for m in jaxprune.groups_in([g], params)[0].members]
+      ['fc/kernel']
+    """
+    present = {p for p, x in base.leaves_with_paths(tree) if x is not None}
+    out = []
+    for g in groups:
+        ms = tuple(m for m in g.members if m.path in present)
+        if ms:
+            out.append(g if len(ms) == len(g.members) else Group(g.name, ms))
+    if groups and not out:
+        paths = [m.path for g in groups for m in g.members]
+        raise ValueError(
+            f"no member of the groups is a leaf of `tree`: members are e.g. {paths[:4]}, "
+            f"leaves {sorted(present)[:4]}. For Linen `variables` groups use "
+            "jaxprune.groups_under(groups, 'params')."
+        )
     return out
