@@ -110,7 +110,6 @@ def latency(models, rounds):
             t = time.perf_counter()
             jax.block_until_ready(decode(m, first))
             times[k]["decode"].append(time.perf_counter() - t)
-    cache = None
     out = {}
     for k, m in models.items():
         cache = m.init_cache(1, DECODE_TOKENS)
