@@ -161,7 +161,9 @@ def main():
     evals = data.evaluation(stream, args.eval_seqs, 256)
     print(f"load {time.perf_counter() - t0:.1f}s", flush=True)
 
-    result = {"args": vars(args)}
+    # Record the output path relative to the repository, not this machine's absolute path.
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = {"args": {**vars(args), "out": os.path.relpath(os.path.abspath(args.out), repo)}}
     with jax.numpy_rank_promotion("allow"):
         pruned, info = prune(dense, calib)
         pruned = {k: pruned[k] for k in args.models.split(",")}
