@@ -38,6 +38,7 @@ from jaxprune._src.groups import expand_group_masks as expand_group_masks
 from jaxprune._src.groups import group_norms as group_norms
 from jaxprune._src.groups import group_scores as group_scores
 from jaxprune._src.groups import group_size as group_size
+from jaxprune._src.groups import rename_groups as rename_groups
 from jaxprune._src.labels import gate_labels as gate_labels
 from jaxprune._src.labels import scale_labels as scale_labels
 from jaxprune._src.llama import block_importance as block_importance
@@ -172,6 +173,7 @@ __all__ = [
     "prox_gates",
     "prox_group_lasso",
     "prox_l1",
+    "rename_groups",
     "scale_labels",
     "schedule_free_eval_params",
     "schedules",

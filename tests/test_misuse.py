@@ -269,6 +269,53 @@ def test_fold_forward_with_a_keep_vector_of_the_wrong_length_names_the_group():
         jaxprune.fold_forward(zoo.MLP().apply, variables, {name: jnp.ones(3, bool)}, groups, x)
 
 
+def test_tap_named_scores_meet_discovered_groups_through_rename_groups():
+    from flax import linen as nn
+
+    from jaxprune import importance
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Dense(6, name="fc1")(x))
+            h = nn.relu(nn.Dense(6, name="fc2")(h))
+            return nn.Dense(3, name="out")(h)
+
+    net, x = Net(), jax.random.normal(jax.random.key(1), (16, 5))
+    variables = net.init(jax.random.key(0), x)
+    params = variables["params"]
+    groups = jaxprune.chain_groups(params, ["fc1", "fc2", "out"])
+    assert [g.name for g in groups] == ["fc1/kernel[1]", "fc2/kernel[1]"]
+    taps = importance.linen_taps(net.apply, variables, x, modules=["fc1", "fc2"])
+    state = importance.channel_stats_update(
+        importance.channel_stats_init(taps.activations), taps.activations
+    )
+    scores = importance.mean_activation_scores(importance.channel_stats_finalize(state))
+    assert set(scores) == {"fc1", "fc2"}
+    with pytest.raises(ValueError, match=r"module names \('fc1'\).*jaxprune\.rename_groups"):
+        importance.group_masks(scores, groups, params, 0.5)
+    keep = {k: jnp.arange(6) < 3 for k in scores}
+    for fn in (
+        lambda g: jaxprune.expand_group_masks(keep, g, params),
+        lambda g: jaxprune.shrink(params, keep, g),
+    ):
+        with pytest.raises(ValueError, match="rename_groups"):
+            fn(groups)
+    named = jaxprune.rename_groups(groups)
+    assert [g.name for g in named] == ["fc1", "fc2"] and named[0].members == groups[0].members
+    masks = importance.group_masks(scores, named, params, 0.5)
+    assert int(masks["fc1"]["kernel"].sum()) == 3
+    assert jaxprune.shrink(params, keep, named)["fc2"]["kernel"].shape == (3, 3)
+    linen_groups = jaxprune.trace_groups(net.apply, variables, x).groups
+    assert [g.name for g in jaxprune.rename_groups(linen_groups)] == ["fc1", "fc2"]
+    by_map = jaxprune.rename_groups(groups, {"fc1/kernel[1]": "a"})
+    assert [g.name for g in by_map] == ["a", "fc2/kernel[1]"]
+    with pytest.raises(ValueError, match="would be named alike"):
+        jaxprune.rename_groups(groups, lambda n: "same")
+    with pytest.raises(ValueError, match=r"renames \['nope'\]"):
+        jaxprune.rename_groups(groups, {"nope": "x"})
+
+
 # ---------------------------------------------------------------------------------------
 # 4. Linen variables instead of params.
 

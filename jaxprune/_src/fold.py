@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxprune._src import base
-from jaxprune._src.groups import Group, Member, channel_indices, check_groups
+from jaxprune._src.groups import Group, Member, channel_indices, check_groups, name_hint
 from jaxprune._src.interpret import run_tagged
 
 
@@ -153,7 +153,7 @@ def _keep_vectors(
     keeps = {}
     for g in groups:
         if g.name not in group_masks:
-            raise ValueError(f"no mask for group {g.name!r}.")
+            raise ValueError(f"no mask for group {g.name!r}.{name_hint(g.name, group_masks)}")
         keep = np.asarray(group_masks[g.name]).astype(bool)
         if keep.shape != (sizes[g.name],):
             raise ValueError(

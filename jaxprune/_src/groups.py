@@ -90,6 +90,86 @@ class Group:
                 raise TypeError(f"group {self.name!r}: members must be jaxprune.Member, got {m!r}.")
 
 
+def module_of(name: str) -> str:
+    """The module path a discovered group name refers to: ``'conv1/kernel[3]'`` -> ``'conv1'``.
+
+    Names without a ``[axis]`` suffix (hand-written groups) are returned unchanged. A
+    leading ``'params/'`` (groups of Linen ``variables``) is dropped, as tap names have none.
+    """
+    if not name.endswith(("]", "]'")) or "[" not in name:
+        return name
+    path = name[: name.rindex("[")]
+    module = path.rsplit("/", 1)[0] if "/" in path else path
+    return module.removeprefix("params/")
+
+
+def rename_groups(
+    groups: Sequence[Group], names: Mapping[str, str] | Callable[[str], str] | None = None
+) -> list[Group]:
+    """The groups under new names, e.g. the names of importance taps.
+
+    :func:`jaxprune.trace_groups` and :func:`jaxprune.chain_groups` name a group after its
+    producing leaf and axis (``'conv1/kernel[3]'``), while an importance tap at that
+    module's output is named after the module (``'conv1'``), and so are the scores that
+    :mod:`jaxprune.importance` computes from it. ``rename_groups(groups)`` renames every
+    group to its module path (:func:`module_of`), so such scores go straight into
+    :func:`jaxprune.importance.group_masks`, :func:`jaxprune.expand_group_masks` and
+    :func:`jaxprune.shrink` without rebuilding any :class:`Group`.
+
+    Args:
+      groups: The groups.
+      names: ``None`` for the module paths; a mapping ``{old: new}`` (groups it does not
+        name keep theirs); or a callable from the old name to the new one.
+
+    Returns:
+      The groups, in order, with the same members and the new names.
+
+    Raises:
+      ValueError: If a mapping names no group, or two groups get the same name.
+
+    Example:
+      >>> import jaxprune
+      >>> g = jaxprune.Group("conv1/kernel[3]", (jaxprune.Member("conv1/kernel", 3),))
+      >>> [x.name for x in jaxprune.rename_groups([g])]
+      ['conv1']
+    """
+    old = [g.name for g in groups]
+    if names is None:
+        new = [module_of(n) for n in old]
+    elif isinstance(names, Mapping):
+        unknown = sorted(set(names) - set(old))
+        if unknown:
+            raise ValueError(f"`names` renames {unknown}, which are not group names {old[:6]}.")
+        new = [names.get(n, n) for n in old]
+    elif callable(names):
+        new = [names(n) for n in old]
+    else:
+        raise TypeError(f"`names` must be None, a mapping or a callable, got {names!r}.")
+    for a, b in zip(old, new, strict=True):
+        if not isinstance(b, str) or not b:
+            raise TypeError(f"the new name of group {a!r} must be a non-empty str, got {b!r}.")
+    clashes = sorted({b for b in new if new.count(b) > 1})
+    if clashes:
+        detail = {b: [a for a, c in zip(old, new, strict=True) if c == b] for b in clashes}
+        raise ValueError(
+            f"two or more groups would be named alike: {detail}; pass `names` to tell them "
+            "apart (a mapping or a callable)."
+        )
+    return [Group(b, g.members) for g, b in zip(groups, new, strict=True)]
+
+
+def name_hint(name: str, keys: Any) -> str:
+    """A sentence for a 'no vector for group' error when the keys are module names."""
+    keys = set(keys)
+    if name not in keys and module_of(name) in keys and module_of(name) != name:
+        return (
+            f" The keys are module names ({module_of(name)!r}) while the groups carry "
+            f"discovery names ({name!r}), as importance taps are named: pass "
+            "jaxprune.rename_groups(groups) instead of the groups."
+        )
+    return ""
+
+
 def _leaves(params: base.Params) -> dict[str, Any]:
     return {p: x for p, x in base.leaves_with_paths(params) if x is not None}
 
@@ -462,7 +542,7 @@ def expand_group_values(
     out: dict[str, jax.Array] = {}
     for g in groups:
         if g.name not in values:
-            raise ValueError(f"no {what} for group {g.name!r}.")
+            raise ValueError(f"no {what} for group {g.name!r}.{name_hint(g.name, values)}")
         vec = jnp.asarray(values[g.name])
         c = sizes[g.name]
         if vec.shape != (c,):

@@ -301,6 +301,7 @@ def group_masks(
         raise ValueError(
             f"score names must be the group names: groups without scores {missing}, scores "
             f"without a group {extra}."
+            + (groups_lib.name_hint(missing[0], scores) if missing else "")
         )
     for name, v in scores.items():
         if v.shape != (sizes[name],):

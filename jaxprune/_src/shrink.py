@@ -40,14 +40,14 @@ from jax.sharding import NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxprune._src import base
-from jaxprune._src.groups import Group, channel_indices
+from jaxprune._src.groups import Group, channel_indices, name_hint
 
 
 def _by_path(groups: Sequence[Group], group_masks: Mapping[str, Any]):
     out: dict[str, list] = {}
     for g in groups:
         if g.name not in group_masks:
-            raise ValueError(f"no mask for group {g.name!r}.")
+            raise ValueError(f"no mask for group {g.name!r}.{name_hint(g.name, group_masks)}")
         keep = np.asarray(group_masks[g.name]).astype(bool)
         if keep.ndim != 1:
             raise ValueError(f"mask of group {g.name!r} must be a vector, got {keep.shape}.")
