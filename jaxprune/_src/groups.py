@@ -112,7 +112,8 @@ def rename_groups(
     producing leaf and axis (``'conv1/kernel[3]'``), while an importance tap at that
     module's output is named after the module (``'conv1'``), and so are the scores that
     :mod:`jaxprune.importance` computes from it. ``rename_groups(groups)`` renames every
-    group to its module path (:func:`module_of`), so such scores go straight into
+    group to its module path (the name without its ``/leaf[axis]`` suffix and without a
+    leading ``params/``), so such scores go straight into
     :func:`jaxprune.importance.group_masks`, :func:`jaxprune.expand_group_masks` and
     :func:`jaxprune.shrink` without rebuilding any :class:`Group`.
 
