@@ -7,8 +7,9 @@ accuracy and the compression ratio (weights and biases counted, as Han et al. do
 PNG with the per-layer densities and the accuracy against sparsity.
 
 With no arguments it runs on a small MNIST subset shipped with the package (10,000 training
-and 2,000 test images) in about two minutes on two CPU cores. ``--data PATH`` (or
-``$JAXPRUNE_MNIST``) uses the full ``mnist.npz``.
+and 2,000 test images) in about 15 seconds on two CPU cores. ``--data PATH`` (or
+``$JAXPRUNE_MNIST``) uses the full ``mnist.npz``: about 30 seconds (up to a few minutes on a
+machine busy with other work).
 
 The functions here (:func:`lenet_300_100`, :func:`train`, :class:`DemoConfig`) are reused by
 the scripts in ``benchmarks/``.
