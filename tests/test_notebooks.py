@@ -15,6 +15,12 @@ EXPECTED = {
     "02_structured_shrinking.ipynb": ["new widths:", "MACs", "speed-up"],
     # On a tiny random model (JAXPRUNE_NB_TINY=1): the code path, not the numbers.
     "03_oneshot_llm.ipynb": ["dense: perplexity", "Wanda 50%: perplexity", "overall: 50.00%"],
+    "08_llama_structure.ipynb": [
+        "declared groups found in the jaxpr: 4 of 4",
+        "new widths:",
+        "after 5 distillation steps",
+        "prefill speed-up",
+    ],
     "04_sparse_training.ipynb": [
         "RigL: test accuracy",
         "the same at every step: True",
