@@ -309,15 +309,20 @@ def sparse_training(
             new = old
         else:
             when = (count > 0) & (count % update_every == 0) & (count < end_step)
-            new = jax.lax.cond(
+
+            def mask_update(ops):
+                params, raw_grads, old, sub, frac, inner_state = ops
+                new = _regrow(params, raw_grads, old, sub, frac, method)
+                stay = base.map_prunable(lambda o, n: o & n, old, new)
+                return new, _reset(inner_state, params, stay)
+
+            # One conditional for the masks and the moment reset: ordinary steps pay for a
+            # single branch point and carry the state through unchanged.
+            new, inner_state = jax.lax.cond(
                 when,
-                lambda ops: _regrow(*ops, method),
-                lambda ops: ops[2],
-                (params, raw_grads, old, sub, schedule(count)),
-            )
-            stay = base.map_prunable(lambda o, n: o & n, old, new)
-            inner_state = jax.lax.cond(
-                when, lambda s: _reset(s, params, stay), lambda s: s, inner_state
+                mask_update,
+                lambda ops: (ops[2], ops[5]),
+                (params, raw_grads, old, sub, schedule(count), inner_state),
             )
         stay = base.map_prunable(lambda o, n: o & n, old, new)
         grads = _mask_grads(updates, stay)
