@@ -26,6 +26,9 @@ EXPECTED = {
         "the same at every step: True",
         "active kernel weights",
     ],
+    "05_magnitude_gradual_dns.ipynb": ["Han: test accuracy", "DNS: test accuracy", "AGP target"],
+    "06_learned_sparsity.ipynb": ["after sparsity training", "L0 (NNX)", "params before"],
+    "07_data_driven_criteria.ipynb": ["ThiNet conv1", "before FT", "NISP"],
 }
 
 
