@@ -242,6 +242,34 @@ def test_modules_import_only_their_own_layer_or_above():
     assert not bad, "imports against the layering:\n" + "\n".join(bad)
 
 
+# Test files that are not named after a `_src` module: each tests across modules, by theme.
+# Every other `tests/test_X.py` holds the tests of `jaxprune/_src/X.py` (and only of it).
+CROSS_CUTTING_TESTS = {
+    "test_api",  # the public namespace: `__all__`, docstrings, the design card
+    "test_architecture",  # this file: the facts of docs/guides/architecture.md
+    "test_demo",  # the public `jaxprune.demo` script
+    "test_flax_integration",  # training Linen and NNX models end to end with pruning
+    "test_llm_example",  # the one-shot LLM example in examples/llm
+    "test_misuse",  # the catalogue of refused inputs, one rule per test
+    "test_notebooks",  # every notebook in notebooks/ runs
+    "test_sharding_checkpoint",  # masks on sharded params, Orbax checkpoints and resume
+}
+
+
+def test_every_test_file_is_named_after_a_module_or_is_cross_cutting():
+    """`tests/test_X.py` tests `jaxprune/_src/X.py`; a stale or thematic name fails here."""
+    modules = {p.stem for p in SRC.glob("*.py")} - {"__init__"}
+    files = {p.stem for p in (ROOT / "tests").glob("test_*.py")}
+    bad = sorted(f for f in files - CROSS_CUTTING_TESTS if f.removeprefix("test_") not in modules)
+    assert not bad, (
+        "test files named after no module of jaxprune/_src (rename them, or add them to "
+        "CROSS_CUTTING_TESTS):\n" + "\n".join(f"tests/{f}.py" for f in bad)
+    )
+    assert CROSS_CUTTING_TESTS <= files, f"no such test files: {CROSS_CUTTING_TESTS - files}"
+    shadow = sorted(f for f in CROSS_CUTTING_TESTS if f.removeprefix("test_") in modules)
+    assert not shadow, f"cross-cutting files named after a module: {shadow}"
+
+
 def test_one_jaxpr_walker():
     """Only the walker iterates over a jaxpr's equations; analyses subclass it."""
     bad = []

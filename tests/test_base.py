@@ -101,7 +101,7 @@ def test_leaf_flags_resolves_selectors_and_rejects_non_bools():
     with pytest.raises(TypeError, match=r"`prunable` must hold one Python bool.*'head/0'"):
         base.leaf_flags({"Dense_0": True, "head": 0.5}, PARAMS, "prunable", lambda p: None)
     ints = {"w": jnp.ones(3, jnp.int32)}
-    with pytest.raises(TypeError, match=r"'w'"):
+    with pytest.raises(TypeError, match=r"`prunable` selects leaf 'w' must be a floating-point"):
         base.leaf_flags(True, ints, "prunable", lambda p: None)
 
 

@@ -164,11 +164,24 @@ def test_readme_penalty_example_keeps_the_classes():
 
 
 def test_explicit_default_prunable_prunes_every_kernel_and_unstructured_is_unaffected():
-    jaxprune.optax_sparsity(0.5, granularity="filter", prunable=jaxprune.default_prunable).init(
-        _mlp()
+    def kept(tx):
+        _, state = _train(tx, _mlp(), steps=1)
+        masks = jaxprune.masks(state)
+        assert all(masks[k]["bias"] is None for k in masks)
+        return {k: int(m["kernel"].sum()) for k, m in masks.items()}
+
+    # Asked for explicitly, the output layer's units are pruned too: half of the 10 classes.
+    tx = jaxprune.optax_sparsity(
+        0.5, granularity="filter", prunable=jaxprune.default_prunable, update_every=1
     )
-    for g in (jaxprune.UNSTRUCTURED, jaxprune.INPUT_CHANNEL, jaxprune.CONNECTION):
-        jaxprune.optax_sparsity(0.5, granularity=g).init(_mlp())
+    assert kept(tx) == {"fc1": 3, "fc2": 3, "out": 5}
+    # Granularities that never remove an output unit prune every kernel with the default.
+    for g, want in (
+        (jaxprune.UNSTRUCTURED, {"fc1": 24, "fc2": 18, "out": 30}),
+        (jaxprune.INPUT_CHANNEL, {"fc1": 4, "fc2": 3, "out": 3}),
+        (jaxprune.CONNECTION, {"fc1": 24, "fc2": 18, "out": 30}),
+    ):
+        assert kept(jaxprune.optax_sparsity(0.5, granularity=g, update_every=1)) == want, g.name
 
 
 def test_default_prunable_exclude_names_unknown_paths():

@@ -6,8 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import zoo
+from flax import nnx
 
 import jaxprune
+import jaxprune.linen
+import jaxprune.nnx
 
 G, M = jaxprune.Group, jaxprune.Member
 
@@ -653,3 +657,35 @@ def test_group_lasso_refuses_prunable_with_explicit_groups():
     tx = jaxprune.add_group_lasso(1.0, groups, weighting=lambda n: -1.0)
     with pytest.raises(ValueError, match=r"`weighting\(3\)` returned -1.0"):
         tx.update({"a": jnp.ones((3, 4))}, tx.init(params), params)
+
+
+@pytest.mark.standard_dtypes  # adamw
+def test_nnx_optimizer_with_gate_penalties_and_weight_decay_mask():
+    model = zoo.GatedNNX(nnx.Rngs(params=0, gates=1))
+    x = jax.random.normal(jax.random.key(2), (32, 6))
+    y = jnp.arange(32) % 3
+    no_gates = jaxprune.nnx.mask_fn(model, jaxprune.nnx.GateParam, invert=True)
+    tx = optax.chain(
+        jaxprune.add_gate_penalty(0.5),
+        jaxprune.add_l1(0.05, prunable=jaxprune.nnx.slimming_labels(model)),
+        optax.adamw(1e-2, weight_decay=1e-1, mask=no_gates),
+        jaxprune.clip_gates(),
+    )
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    la0 = np.asarray(model.gate_in.l0_log_alpha[...]).copy()
+
+    @nnx.jit
+    def step(model, optimizer):
+        def loss_fn(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    for _ in range(20):
+        step(model, optimizer)
+    la = np.asarray(model.gate_in.l0_log_alpha[...])
+    assert np.mean(la) < np.mean(la0)  # the L0 penalty pushes gates off
+    assert np.all(la >= np.log(0.01) - 1e-6)
+    assert float(jnp.sum(model.cg.channel_gate[...])) < 8.0

@@ -6,37 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import zoo
 
 import jaxprune
-
-
-def _params(key=0, dtype=jnp.float32):
-    k1, k2, k3 = jax.random.split(jax.random.key(key), 3)
-    return {
-        "conv": {"kernel": jax.random.normal(k1, (3, 3, 4, 8), dtype), "bias": jnp.zeros(8, dtype)},
-        "fc": {"kernel": jax.random.normal(k2, (32, 16), dtype), "bias": jnp.zeros(16, dtype)},
-        "out": {"kernel": jax.random.normal(k3, (16, 4), dtype), "bias": None},
-    }
-
-
-def _grads(params, step):
-    key = jax.random.fold_in(jax.random.key(99), step)
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(
-        treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
-    )
-
-
-def _assert_pruned_are_zero(params, masks):
-    for (path, p), (_, m) in zip(
-        jaxprune._src.base.leaves_with_paths(params), jaxprune._src.base.leaves_with_paths(masks)
-    ):
-        if m is None or p is None:
-            continue
-        full = np.broadcast_to(np.asarray(m), p.shape)
-        vals = np.asarray(p.astype(jnp.float32))
-        assert np.all(vals[~full] == 0.0), f"pruned entries of {path} are not exactly zero"
 
 
 def test_docstring_example_exact_values():
@@ -51,27 +23,17 @@ def test_docstring_example_exact_values():
     assert jaxprune.masks(state)["b"] is None
 
 
-OPTIMIZERS = {
-    "sgd": lambda: optax.sgd(0.05),
-    "momentum": lambda: optax.sgd(0.05, momentum=0.9),
-    "nesterov": lambda: optax.sgd(0.05, momentum=0.9, nesterov=True),
-    "adam": lambda: optax.adam(1e-2),
-    "adamw": lambda: optax.adamw(1e-2, weight_decay=1e-2),
-    "lion": lambda: optax.lion(1e-3),
-}
-
-
 @pytest.mark.standard_dtypes
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", sorted(zoo.OPTIMIZERS))
 def test_pruned_weights_exactly_zero_after_every_step(name):
-    params = _params()
+    params = zoo.conv_fc_params()
     schedule = jaxprune.schedules.polynomial(0.8, 2, 4, frequency=2)
-    tx = optax.chain(OPTIMIZERS[name](), jaxprune.optax_sparsity(schedule, update_every=2))
+    tx = optax.chain(zoo.OPTIMIZERS[name](), jaxprune.optax_sparsity(schedule, update_every=2))
 
     @jax.jit
     @chex.assert_max_traces(n=1)
     def step(params, state, i):
-        updates, state = tx.update(_grads(params, i), state, params)
+        updates, state = tx.update(zoo.random_grads(params, i), state, params)
         return optax.apply_updates(params, updates), state
 
     state = tx.init(params)
@@ -79,7 +41,7 @@ def test_pruned_weights_exactly_zero_after_every_step(name):
     for i in range(14):
         params, state = step(params, state, jnp.int32(i))
         masks = jaxprune.masks(state)
-        _assert_pruned_are_zero(params, masks)
+        zoo.assert_pruned_are_zero(params, masks)
         seen.add(int(jnp.sum(masks["fc"]["kernel"])))
     # The schedule really moved the masks (several distinct kept counts) and ended at 80%.
     assert len(seen) >= 3
@@ -89,7 +51,7 @@ def test_pruned_weights_exactly_zero_after_every_step(name):
 
 @pytest.mark.parametrize("target", [0.0, 0.25, 0.5, 0.9, 1.0])
 def test_reaches_exact_layerwise_count(target):
-    params = _params()
+    params = zoo.conv_fc_params()
     tx = jaxprune.optax_sparsity(target, update_every=1, min_keep=0)
     _, state = tx.update(params, tx.init(params), params)
     for path in ("conv", "fc", "out"):
@@ -98,7 +60,7 @@ def test_reaches_exact_layerwise_count(target):
 
 
 def test_min_keep_floor_default_keeps_one_unit():
-    params = _params()
+    params = zoo.conv_fc_params()
     tx = jaxprune.optax_sparsity(
         1.0, granularity=jaxprune.FILTER, prunable=jaxprune.default_prunable, update_every=1
     )
@@ -108,7 +70,7 @@ def test_min_keep_floor_default_keeps_one_unit():
 
 
 def test_magnitude_selection_matches_numpy():
-    params = _params()
+    params = zoo.conv_fc_params()
     tx = jaxprune.optax_sparsity(0.6, update_every=1)
     _, state = tx.update(params, tx.init(params), params)
     w = np.abs(np.asarray(params["fc"]["kernel"])).ravel()
@@ -119,7 +81,7 @@ def test_magnitude_selection_matches_numpy():
 
 
 def test_filter_granularity_with_l2_reduction():
-    params = _params()
+    params = zoo.conv_fc_params()
     tx = jaxprune.optax_sparsity(
         0.5,
         granularity=jaxprune.FILTER,
@@ -135,7 +97,7 @@ def test_filter_granularity_with_l2_reduction():
 
 
 def test_n_of_m_granularity():
-    params = _params()
+    params = zoo.conv_fc_params()
     tx = jaxprune.optax_sparsity(granularity=jaxprune.n_of_m(2, 4), update_every=1)
     _, state = tx.update(params, tx.init(params), params)
     m = np.asarray(state.masks["fc"]["kernel"])  # (32, 16): groups of 4 along the input axis
@@ -153,7 +115,7 @@ def test_n_of_m_bad_axis_names_path():
 
 
 def test_global_distribution_with_floor():
-    params = _params()
+    params = zoo.conv_fc_params()
     params["out"]["kernel"] = params["out"]["kernel"] * 1e-3  # tiny layer: global top-k empties it
     tx = jaxprune.optax_sparsity(0.7, distribution="global", update_every=1)
     _, state = tx.update(params, tx.init(params), params)
@@ -164,7 +126,7 @@ def test_global_distribution_with_floor():
 
 
 def test_erk_and_per_path_distributions():
-    params = _params()
+    params = zoo.conv_fc_params()
     tx = jaxprune.optax_sparsity(0.9, distribution="erk", update_every=1)
     _, state = tx.update(params, tx.init(params), params)
     prunable = {
@@ -190,7 +152,7 @@ def test_erk_and_per_path_distributions():
 
 
 def test_prefix_tree_sparsity():
-    params = _params()
+    params = zoo.conv_fc_params()
     tx = jaxprune.optax_sparsity({"conv": 0.5, "fc": None, "out": 0.75}, update_every=1)
     _, state = tx.update(params, tx.init(params), params)
     assert int(state.masks["conv"]["kernel"].sum()) == 144
@@ -199,7 +161,7 @@ def test_prefix_tree_sparsity():
 
 
 def test_schedule_compiles_once_and_update_steps():
-    params = _params()
+    params = zoo.conv_fc_params()
     tx = jaxprune.optax_sparsity(
         jaxprune.schedules.polynomial(0.9, 0, 5, frequency=2), update_every=2, end_step=10
     )
@@ -248,7 +210,7 @@ def test_straight_through_lets_pruned_weights_learn():
 
 
 def test_abstract_init_and_stable_state_types():
-    abstract = jax.eval_shape(_params)
+    abstract = jax.eval_shape(zoo.conv_fc_params)
     tx = optax.chain(
         optax.sgd(0.1),
         jaxprune.optax_sparsity(
@@ -258,7 +220,7 @@ def test_abstract_init_and_stable_state_types():
     state = jax.eval_shape(tx.init, abstract)
     m = jaxprune.masks(state)
     assert m["conv"]["kernel"].shape == (1, 1, 1, 8) and m["conv"]["kernel"].dtype == jnp.bool_
-    params = _params()
+    params = zoo.conv_fc_params()
     s0 = tx.init(params)
     _, s1 = jax.jit(tx.update)(params, s0, params)
     chex.assert_trees_all_equal_shapes_and_dtypes(s0, s1)
@@ -266,19 +228,19 @@ def test_abstract_init_and_stable_state_types():
 
 @pytest.mark.standard_dtypes
 def test_bf16_params_stay_bf16():
-    params = _params(dtype=jnp.bfloat16)
+    params = zoo.conv_fc_params(dtype=jnp.bfloat16)
     tx = optax.chain(optax.adam(1e-2), jaxprune.optax_sparsity(0.5, update_every=1))
     state = tx.init(params)
-    updates, state = jax.jit(tx.update)(_grads(params, 0), state, params)
+    updates, state = jax.jit(tx.update)(zoo.random_grads(params, 0), state, params)
     new = optax.apply_updates(params, updates)
     for x in jax.tree.leaves(new):
         assert x.dtype == jnp.bfloat16
-    _assert_pruned_are_zero(new, jaxprune.masks(state))
+    zoo.assert_pruned_are_zero(new, jaxprune.masks(state))
 
 
 @pytest.mark.standard_dtypes
 def test_inject_hyperparams_changes_sparsity_without_recompiling():
-    params = _params()
+    params = zoo.conv_fc_params()
     static = ("score_fn", "granularity", "distribution", "prunable", "min_keep", "method")
     tx = optax.inject_hyperparams(jaxprune.optax_sparsity, static_args=static)(
         sparsity=0.5, update_every=1
@@ -299,15 +261,15 @@ def test_inject_hyperparams_changes_sparsity_without_recompiling():
 
 @pytest.mark.standard_dtypes
 def test_multisteps_counts_real_steps_and_keeps_zeros():
-    params = _params()
+    params = zoo.conv_fc_params()
     inner = optax.chain(optax.adam(1e-2), jaxprune.optax_sparsity(0.5, update_every=1))
     tx = optax.MultiSteps(inner, every_k_schedule=3)
     state = tx.init(params)
     step = jax.jit(tx.update)
     for i in range(6):
-        updates, state = step(_grads(params, i), state, params)
+        updates, state = step(zoo.random_grads(params, i), state, params)
         params = optax.apply_updates(params, updates)
-        _assert_pruned_are_zero(params, jaxprune.masks(state))
+        zoo.assert_pruned_are_zero(params, jaxprune.masks(state))
     assert int(state.inner_opt_state[1].count) == 2
     assert int(jaxprune.masks(state)["fc"]["kernel"].sum()) == 256
 
@@ -321,7 +283,7 @@ def test_masks_accessor_errors():
 
 
 def test_bad_input_errors():
-    params = _params()
+    params = zoo.conv_fc_params()
     with pytest.raises(ValueError, match="sparsity"):
         jaxprune.optax_sparsity(1.5)
     with pytest.raises(ValueError, match="sparsity"):
@@ -412,32 +374,6 @@ def test_dns_straight_through_training_splices_back():
         params = optax.apply_updates(params, updates)
         history.append(bool(jaxprune.masks(state)["w"][0, 0]))
     assert history[0] is False and history[-1] is True
-
-
-# --- fixed masks -----------------------------------------------------------------------
-
-
-@pytest.mark.standard_dtypes
-@pytest.mark.parametrize("name", ["momentum", "adamw", "lion"])
-def test_keep_masks_fixed_mask_retraining(name):
-    params = _params()
-    masks = jaxprune.select.layerwise_topk(
-        jaxprune.scores.magnitude(params),
-        {"conv": {"kernel": 0.5, "bias": None}, "fc": {"kernel": 0.9, "bias": None}, "out": None},
-    )
-    tx = optax.chain(OPTIMIZERS[name](), jaxprune.keep_masks(masks))
-    state = tx.init(params)
-    step = jax.jit(lambda p, s, i: tx.update(_grads(p, i), s, p))
-    for i in range(5):
-        updates, state = step(params, state, i)
-        params = optax.apply_updates(params, updates)
-        _assert_pruned_are_zero(params, masks)
-    assert jaxprune.masks(state)["out"]["kernel"] is None
-    assert int(jaxprune.masks(state)["fc"]["kernel"].sum()) == 512 - int(0.9 * 512)
-    with pytest.raises(ValueError, match="'fc/kernel'"):
-        jaxprune.keep_masks({**masks, "fc": {"kernel": jnp.ones((3,), bool), "bias": None}}).init(
-            params
-        )
 
 
 def test_auto_method_in_the_step_bisects_small_trees_with_the_same_masks():

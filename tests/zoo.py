@@ -1,9 +1,24 @@
-"""Tiny Linen models built from a widths config (field name == submodule name)."""
+"""Tiny models shared by the tests.
+
+Mostly Linen models built from a widths config (field name == submodule name); at the end, a
+gated MLP in Linen and NNX (:class:`GatedLinen`, :class:`GatedNNX`: the same parameter paths), the
+tapped network of the taps tests, and the trace-mask-shrink-rebuild round trip of the shrink
+tests (:func:`prune_half`).
+"""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
+
+import jaxprune
+import jaxprune.importance
+import jaxprune.linen
+import jaxprune.nnx
+from jaxprune._src.shrink import shrink, widths
+from jaxprune._src.trace import trace_groups
 
 
 def random_variables(model, x, seed=0):
@@ -300,3 +315,131 @@ class _LlamaBlockLinen(nn.Module):
             _RMSNormLinen(eps, name="attn_norm")(x), cos, sin
         )
         return x + _MLPLinen(self.cfg, name="mlp")(_RMSNormLinen(eps, name="mlp_norm")(x))
+
+
+class GatedLinen(nn.Module):
+    """Hard-concrete input gate, Dense, BatchNorm, channel gate after the ReLU, LayerNorm."""
+
+    @nn.compact
+    def __call__(self, x, train=True):
+        x = jaxprune.linen.HardConcreteGate(6, name="gate_in")(x, deterministic=not train)
+        x = nn.Dense(8, name="fc1")(x)
+        x = nn.BatchNorm(use_running_average=not train, name="bn1")(x)
+        x = jaxprune.linen.ChannelGate(8, name="cg")(nn.relu(x))
+        x = nn.LayerNorm(name="ln")(x)
+        return nn.Dense(3, name="fc2")(x)
+
+
+class GatedNNX(nnx.Module):
+    """:class:`GatedLinen` in NNX."""
+
+    def __init__(self, rngs):
+        self.gate_in = jaxprune.nnx.HardConcreteGate(6, rngs=rngs)
+        self.fc1 = nnx.Linear(6, 8, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(8, rngs=rngs)
+        self.cg = jaxprune.nnx.ChannelGate(8)
+        self.ln = nnx.LayerNorm(8, rngs=rngs)
+        self.fc2 = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.bn1(self.fc1(self.gate_in(x)))
+        return self.fc2(self.ln(self.cg(nnx.relu(x))))
+
+
+def taps_batch(n=6, seed=0):
+    """A batch for :class:`TappedLinen`: ``(n, 6, 6, 1)`` images and labels in ``[0, 3)``."""
+    kx, ky = jax.random.split(jax.random.key(seed))
+    return jax.random.normal(kx, (n, 6, 6, 1)), jax.random.randint(ky, (n,), 0, 3)
+
+
+def taps_loss(logits, y):
+    # Sum over the batch: per-example gradients (the convention of Taylor's criterion).
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
+
+
+class TappedLinen(nn.Module):
+    """Conv -> ReLU -> Dense -> ReLU -> Dense, with explicit taps ``conv`` and ``fc``."""
+
+    tapped: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        z = nn.Conv(4, (3, 3), padding="VALID", name="conv")(x)
+        a = nn.relu(z)
+        if self.tapped:
+            a = jaxprune.importance.tap(self, "conv", a)
+        h = nn.relu(nn.Dense(5, name="fc")(a.reshape(a.shape[0], -1)))
+        if self.tapped:
+            h = jaxprune.importance.tap(self, "fc", h)
+        return nn.Dense(3, name="out")(h)
+
+
+def half_masks(sizes):
+    """Keeps a random half of each group's channels (seeded)."""
+    rng = np.random.default_rng(0)
+    masks = {}
+    for name, n in sizes.items():
+        keep = np.zeros(n, bool)
+        keep[rng.permutation(n)[: n // 2]] = True
+        masks[name] = keep
+    return masks
+
+
+def prune_half(model, shape):
+    """Traces ``model``'s groups, keeps half of each and shrinks and rebuilds the model.
+
+    Returns ``(x, variables, found, group_masks, masked, small_vars, small, spec)``.
+    """
+    x = jax.random.normal(jax.random.key(2), shape)
+    variables = random_variables(model, x, seed=1)
+    found = trace_groups(model.apply, variables, x)
+    sizes = jaxprune.check_groups(found.groups, variables)
+    gm = half_masks(sizes)
+    masks = jaxprune.expand_group_masks(gm, found.groups, variables)
+    masked = jaxprune.apply_masks(variables, masks)
+    small_vars = shrink(variables, gm, found.groups)
+    spec = widths(found.groups, gm, variables)
+    small = jaxprune.linen.rebuild(model, spec, small_vars, x)  # checks every shape
+    return x, variables, found, gm, masked, small_vars, small, spec
+
+
+def conv_fc_params(key=0, dtype=jnp.float32):
+    """Random conv, dense and output-layer params (the output layer has no bias)."""
+    k1, k2, k3 = jax.random.split(jax.random.key(key), 3)
+    return {
+        "conv": {"kernel": jax.random.normal(k1, (3, 3, 4, 8), dtype), "bias": jnp.zeros(8, dtype)},
+        "fc": {"kernel": jax.random.normal(k2, (32, 16), dtype), "bias": jnp.zeros(16, dtype)},
+        "out": {"kernel": jax.random.normal(k3, (16, 4), dtype), "bias": None},
+    }
+
+
+def random_grads(params, step):
+    """Random gradients shaped like ``params``, different at each ``step``."""
+    key = jax.random.fold_in(jax.random.key(99), step)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    )
+
+
+def assert_pruned_are_zero(params, masks):
+    for (path, p), (_, m) in zip(
+        jaxprune._src.base.leaves_with_paths(params), jaxprune._src.base.leaves_with_paths(masks)
+    ):
+        if m is None or p is None:
+            continue
+        full = np.broadcast_to(np.asarray(m), p.shape)
+        vals = np.asarray(p.astype(jnp.float32))
+        assert np.all(vals[~full] == 0.0), f"pruned entries of {path} are not exactly zero"
+
+
+# The optimizers that pruned weights must survive exactly zero.
+OPTIMIZERS = {
+    "sgd": lambda: optax.sgd(0.05),
+    "momentum": lambda: optax.sgd(0.05, momentum=0.9),
+    "nesterov": lambda: optax.sgd(0.05, momentum=0.9, nesterov=True),
+    "adam": lambda: optax.adam(1e-2),
+    "adamw": lambda: optax.adamw(1e-2, weight_decay=1e-2),
+    "lion": lambda: optax.lion(1e-3),
+}

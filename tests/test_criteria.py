@@ -1,14 +1,12 @@
-"""Tests for the data-driven criteria: Inf-FS, ThiNet, NISP, Taylor, APoZ and selection."""
+"""The data-driven channel criteria: Inf-FS, ThiNet, input-channel scaling, Taylor, APoZ."""
 
 import itertools
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
-from jax import lax
 
 import jaxprune
 from jaxprune import importance
@@ -136,109 +134,6 @@ def test_scale_input_channels_through_a_flatten():
 
 
 # ---------------------------------------------------------------------------------------
-# NISP
-
-
-def test_nisp_equals_the_explicit_product_on_an_mlp():
-    k = jax.random.split(jax.random.key(0), 4)
-    p = {
-        "fc1": {"kernel": jax.random.normal(k[0], (12, 9))},
-        "fc2": {"kernel": jax.random.normal(k[1], (9, 7))},
-        "fc3": {"kernel": jax.random.normal(k[2], (7, 5))},
-    }
-    s = jax.random.uniform(k[3], (5,))
-    layers = [
-        importance.DenseLayer("fc1/kernel", name="fc1"),
-        importance.DenseLayer("fc2/kernel", name="fc2"),
-        importance.DenseLayer("fc3/kernel", name="fc3"),
-    ]
-    got = jax.jit(lambda p, s: importance.nisp_scores(p, s, layers, (12,)))(p, s)
-    w1, w2, w3 = (np.abs(np.asarray(p[n]["kernel"], np.float64)) for n in ("fc1", "fc2", "fc3"))
-    s64 = np.asarray(s, np.float64)
-    np.testing.assert_allclose(got["fc3"], s64, rtol=1e-6)
-    np.testing.assert_allclose(got["fc2"], w3 @ s64, rtol=1e-5)
-    np.testing.assert_allclose(got["fc1"], w2 @ w3 @ s64, rtol=1e-5)
-    inputs = importance.nisp_scores(p, s, [importance.FlattenLayer(name="x"), *layers], (12,))
-    np.testing.assert_allclose(inputs["x"], w1 @ w2 @ w3 @ s64, rtol=1e-5)
-    exact = importance.nisp_scores(p, s, layers, (12,), exact=True)
-    chex.assert_trees_all_close(exact, got, rtol=1e-5)
-
-
-def _lenet5_params(key):
-    k = jax.random.split(key, 4)
-    return {
-        "conv1": {"kernel": jax.random.normal(k[0], (5, 5, 1, 6))},
-        "bn": {"scale": jax.random.normal(k[3], (6,)), "var": jnp.linspace(0.5, 2.0, 6)},
-        "conv2": {"kernel": jax.random.normal(k[1], (5, 5, 6, 10))},
-        "fc1": {"kernel": jax.random.normal(k[2], (4 * 4 * 10, 20))},
-    }
-
-
-LENET_LAYERS = [
-    importance.ConvLayer("conv1/kernel", name="conv1"),
-    importance.BatchNormLayer("bn/scale", "bn/var", name="bn1"),
-    importance.PoolLayer((2, 2)),
-    importance.ConvLayer("conv2/kernel", name="conv2"),
-    importance.PoolLayer((2, 2), kind="avg", name="pool2"),
-    importance.FlattenLayer(),
-    importance.DenseLayer("fc1/kernel", name="fc1"),
-]
-
-
-def test_nisp_flatten_aggregation_is_the_sum_over_spatial_positions():
-    p = _lenet5_params(jax.random.key(0))
-    s = jax.random.uniform(jax.random.key(1), (20,))
-    got = jax.jit(lambda p, s: importance.nisp_scores(p, s, LENET_LAYERS, (28, 28, 1)))(p, s)
-    fc1_inputs = np.abs(np.asarray(p["fc1"]["kernel"])) @ np.asarray(s)  # 160 = 4 * 4 * 10
-    np.testing.assert_allclose(got["pool2"], fc1_inputs.reshape(4, 4, 10).sum((0, 1)), rtol=1e-5)
-    # Average pooling passes 1/4 of each window to each of its 4 inputs: channel sums kept.
-    np.testing.assert_allclose(got["conv2"], got["pool2"], rtol=1e-5)
-    k2 = np.abs(np.asarray(p["conv2"]["kernel"])).sum((0, 1))  # (6, 10)
-    bn = np.abs(np.asarray(p["bn"]["scale"])) / np.sqrt(np.asarray(p["bn"]["var"]) + 1e-5)
-    np.testing.assert_allclose(got["bn1"], 4.0 * (k2 @ got["conv2"]), rtol=1e-5)  # max pool
-    np.testing.assert_allclose(got["conv1"], bn * got["bn1"], rtol=1e-5)
-    # For VALID convolutions the exact (transposed-convolution) form gives the same channels.
-    exact = jax.jit(
-        lambda p, s: importance.nisp_scores(p, s, LENET_LAYERS, (28, 28, 1), exact=True)
-    )
-    chex.assert_trees_all_close(exact(p, s), got, rtol=1e-4)
-
-
-def test_nisp_exact_conv_is_the_transposed_unrolled_map():
-    k = jax.random.normal(jax.random.key(0), (3, 3, 2, 4))
-    p = {"conv": k}
-    layer = importance.ConvLayer("conv", strides=2, padding="SAME", name="conv")
-    s_out = jax.random.uniform(jax.random.key(1), (4, 4, 4))  # output map of a (7, 7, 2) input
-
-    def conv(x):
-        return lax.conv_general_dilated(
-            x[None], k, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )[0]
-
-    m = jax.jacobian(conv)(jnp.zeros((7, 7, 2))).reshape(64, 98)  # unrolled linear map
-    s_in = (np.abs(np.asarray(m)).T @ np.asarray(s_out).reshape(-1)).reshape(7, 7, 2)
-    # An identity batch norm in front reports the conv's input scores.
-    layers = [importance.BatchNormLayer(name="input"), layer]
-    got = importance.nisp_scores(p, s_out, layers, (7, 7, 2), exact=True)
-    np.testing.assert_allclose(got["conv"], np.asarray(s_out).sum((0, 1)), rtol=1e-6)
-    np.testing.assert_allclose(got["input"], s_in.sum((0, 1)), rtol=1e-5)
-    # The channel-level shortcut ignores the borders, so with SAME padding it is larger.
-    approx = importance.nisp_scores(p, s_out, layers, (7, 7, 2))
-    assert np.all(np.asarray(approx["input"]) > s_in.sum((0, 1)))
-
-
-def test_nisp_errors_name_paths_and_shapes():
-    p = {"fc": jnp.ones((3, 2))}
-    with pytest.raises(ValueError, match="no parameter at path 'nope'"):
-        importance.nisp_scores(p, jnp.ones(2), [importance.DenseLayer("nope")], (3,))
-    with pytest.raises(ValueError, match=r"`frl_scores` must have shape \(2,\)"):
-        importance.nisp_scores(p, jnp.ones(3), [importance.DenseLayer("fc")], (3,))
-    with pytest.raises(ValueError, match="duplicates"):
-        layers = [importance.DenseLayer("fc", name="a"), importance.BatchNormLayer(name="a")]
-        importance.nisp_scores(p, jnp.ones(2), layers, (3,))
-
-
-# ---------------------------------------------------------------------------------------
 # Taylor and APoZ on a tiny model
 
 
@@ -307,51 +202,3 @@ def test_apoz_and_mean_activation_criteria():
     np.testing.assert_array_equal(
         importance.apoz_std_rule(stats, 0.5)["h"], [True, True, True, False]
     )
-
-
-# ---------------------------------------------------------------------------------------
-# Selection onto coupled axes
-
-
-def test_group_masks_layerwise_and_global_on_coupled_axes():
-    params = {
-        "conv1": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.ones(4)},
-        "conv2": {"kernel": jnp.ones((3, 3, 4, 6)), "bias": jnp.ones(6)},
-        "fc1": {"kernel": jnp.ones((2 * 2 * 6, 5)), "bias": jnp.ones(5)},
-        "fc2": {"kernel": jnp.ones((5, 3)), "bias": jnp.ones(3)},
-    }
-    M = jaxprune.Member
-    groups = [
-        jaxprune.Group("conv1", (M("conv1/kernel", -1), M("conv1/bias", 0), M("conv2/kernel", -2))),
-        jaxprune.Group(
-            "conv2", (M("conv2/kernel", -1), M("conv2/bias", 0), M("fc1/kernel", 0, outer=4))
-        ),
-        jaxprune.Group("fc1", (M("fc1/kernel", 1), M("fc1/bias", 0), M("fc2/kernel", 0))),
-    ]
-    scores = {
-        "conv1": jnp.array([4.0, 1.0, 3.0, 2.0]),
-        "conv2": jnp.array([60.0, 10.0, 50.0, 20.0, 40.0, 30.0]),
-        "fc1": jnp.array([0.1, 0.5, 0.2, 0.4, 0.3]),
-    }
-    f = jax.jit(lambda s, sp: importance.group_masks(s, groups, params, sp))
-    masks = f(scores, 0.5)
-    np.testing.assert_array_equal(masks["conv1"]["kernel"].ravel(), [1, 0, 1, 0])
-    np.testing.assert_array_equal(masks["conv2"]["kernel"][0, 0, :, 0], [1, 0, 1, 0])
-    np.testing.assert_array_equal(masks["conv2"]["kernel"][0, 0, 0, :], [1, 0, 1, 0, 1, 0])
-    assert masks["fc1"]["kernel"].shape == (24, 5)  # rows from conv2, columns from fc1
-    rows = masks["fc1"]["kernel"][:, 1].reshape(4, 6)  # Flax flatten: (h * W + w) * C + c
-    np.testing.assert_array_equal(rows, np.tile([1, 0, 1, 0, 1, 0], (4, 1)))
-    np.testing.assert_array_equal(masks["fc2"]["kernel"][:, 0], [0, 1, 0, 1, 1])  # floor(2.5)=2
-    assert masks["fc2"]["bias"] is None
-    # Global: one ranking after per-group L2 normalization; each group keeps >= 1.
-    keep = importance.select_groups(scores, 0.5, scope="global")
-    norm = importance.normalize_scores(scores)
-    flat = np.concatenate([np.asarray(norm[k]) for k in ("conv1", "conv2", "fc1")])
-    kept = np.concatenate([np.asarray(keep[k]) for k in ("conv1", "conv2", "fc1")])
-    assert kept.sum() == 15 - 7 and flat[kept].min() >= flat[~kept].max()
-    with pytest.raises(ValueError, match=r"groups without scores \['fc1'\]"):
-        importance.group_masks({k: scores[k] for k in ("conv1", "conv2")}, groups, params, 0.5)
-    with pytest.raises(ValueError, match="scores\\['fc1'\\] has 4 entries"):
-        importance.group_masks({**scores, "fc1": jnp.ones(4)}, groups, params, 0.5)
-    with pytest.raises(ValueError, match="`scope` must be"):
-        importance.select_groups(scores, 0.5, scope="network")
