@@ -290,8 +290,9 @@ def fit(
     forward: Callable[[Any], Any] | None = None,
     raw_grads: bool = False,
     on_epoch: Callable[[int, Any, Any, float], Any] | None = None,
+    loop: str = "scan",
 ) -> tuple[Any, Any]:
-    """Trains ``params`` for ``epochs`` epochs with ``tx`` (one jitted ``lax.scan`` per epoch).
+    """Trains ``params`` for ``epochs`` epochs with ``tx`` (a jitted ``lax.scan`` per epoch).
 
     If ``tx`` holds masks (``jaxprune.masks(opt_state)`` finds them) and ``straight_through``
     is set, the forward pass uses ``apply_masks(params, masks, straight_through=True)``: the
@@ -310,10 +311,20 @@ def fit(
         top-k, ``lambda p: jaxprune.ste_topk(p, 0.9)``).
       raw_grads: Also pass the gradient as ``tx.update(..., raw_grads=grads)`` (RigL).
       on_epoch: Called as ``on_epoch(epoch, params, opt_state, mean_loss)`` after each epoch.
+      loop: ``"scan"``: one jitted ``lax.scan`` per epoch (one dispatch; best for the MLPs);
+        ``"steps"``: one jitted step per batch, called from Python, the same computation.
+        Use ``"steps"`` for convnets on CPU: XLA:CPU runs convolutions inside a loop body
+        several times slower than at top level (LeNet-5 on 10,000 images: 28 s per epoch
+        with ``"scan"``, 4.6 s with ``"steps"``; LeNet-300-100: 0.07 s and 0.11 s).
 
     Returns:
       ``(params, opt_state)``.
+
+    Raises:
+      ValueError: If ``loop`` is neither ``"scan"`` nor ``"steps"``.
     """
+    if loop not in ("scan", "steps"):
+        raise ValueError(f"loop must be 'scan' or 'steps', got {loop!r}.")
     n = data.x_train.shape[0]
     steps = n // batch_size
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
@@ -327,22 +338,33 @@ def fit(
         logits = model.apply({"params": p}, xb, train=True, rngs={"dropout": k})
         return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
+    def step(carry, i, k):
+        p, s = carry
+        loss, g = jax.value_and_grad(loss_fn)(p, s, x[i], y[i], jax.random.fold_in(k, i[0]))
+        u, s = tx.update(g, s, p, raw_grads=g) if raw_grads else tx.update(g, s, p)
+        return (optax.apply_updates(p, u), s), loss
+
+    def batches(k):
+        return jax.random.permutation(k, n)[: steps * batch_size].reshape(steps, batch_size)
+
     @jax.jit
     def epoch(p, s, k):
-        idx = jax.random.permutation(k, n)[: steps * batch_size].reshape(steps, batch_size)
-
-        def step(carry, i):
-            p, s = carry
-            loss, g = jax.value_and_grad(loss_fn)(p, s, x[i], y[i], jax.random.fold_in(k, i[0]))
-            u, s = tx.update(g, s, p, raw_grads=g) if raw_grads else tx.update(g, s, p)
-            return (optax.apply_updates(p, u), s), loss
-
-        (p, s), losses = jax.lax.scan(step, (p, s), idx)
+        (p, s), losses = jax.lax.scan(lambda c, i: step(c, i, k), (p, s), batches(k))
         return p, s, jnp.mean(losses)
 
+    jit_step, jit_batches = jax.jit(step), jax.jit(batches)
+
+    def epoch_by_steps(p, s, k):
+        losses = []
+        for i in jit_batches(k):
+            (p, s), loss = jit_step((p, s), i, k)
+            losses.append(loss)
+        return p, s, jnp.mean(jnp.stack(losses))
+
+    run_epoch = epoch if loop == "scan" else epoch_by_steps
     key = jax.random.key(seed)
     for e in range(epochs):
-        params, opt_state, loss = epoch(params, opt_state, jax.random.fold_in(key, e))
+        params, opt_state, loss = run_epoch(params, opt_state, jax.random.fold_in(key, e))
         if on_epoch is not None:
             on_epoch(e, params, opt_state, float(loss))
     return params, opt_state
