@@ -125,3 +125,30 @@ def test_nnx_grouped_conv_masked_equals_shrunk_in_place():
     assert net.g.kernel_shape == (3, 3, 1, 8) and net.g.feature_group_count == 4
     assert (net.pw.out_features, net.g.in_features, net.out.in_features) == (4, 4, 8)
     np.testing.assert_allclose(net(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_shrink_module_updates_gate_features():
+    """A shrunk ``HardConcreteGate`` reads its new width in the forward pass."""
+    import jax
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.gate = jaxprune.nnx.HardConcreteGate(6, deterministic=True, rngs=rngs)
+            self.fc = nnx.Linear(6, 4, rngs=rngs)
+
+        def __call__(self, x):
+            return self.fc(self.gate(x))
+
+    m = Net(nnx.Rngs(0))
+    keep = np.array([True, False, True, True, False, True])
+    x = np.asarray(jax.random.normal(jax.random.key(1), (3, 6)))
+    gated = np.asarray(m.gate(jnp.asarray(x)))  # x * z, deterministic gates
+    kernel, bias = np.asarray(m.fc.kernel[...]), np.asarray(m.fc.bias[...])
+    expected = gated[:, keep] @ kernel[keep] + bias
+    group = jaxprune.Group(
+        "in", (jaxprune.Member("gate/l0_log_alpha", 0), jaxprune.Member("fc/kernel", 0))
+    )
+    jaxprune.shrink_module(m, {"in": keep}, [group])
+    assert m.gate.features == 4 and m.fc.in_features == 4
+    np.testing.assert_allclose(m(jnp.asarray(x[:, keep])), expected, rtol=1e-5, atol=1e-6)

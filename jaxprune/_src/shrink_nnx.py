@@ -26,6 +26,25 @@ def _new_in_features(sub: Any, kshape: tuple[int, ...]) -> dict[str, int]:
     return {"in_features": kshape[-2] * groups}
 
 
+def _update_features(sub: Any, reshaped: dict[tuple[int, ...], tuple[int, ...]]) -> None:
+    """Sets a gate-like module's ``features`` (an int or a shape) to its variable's new shape.
+
+    Modules such as :class:`jaxprune.nnx.HardConcreteGate` read ``features`` in the forward
+    pass; it equals the shape of their parameter, so a shrunk parameter shrinks it too.
+    """
+    feats = getattr(sub, "features", None)
+    if isinstance(feats, bool) or not reshaped:
+        return
+    if isinstance(feats, int):
+        new = reshaped.get((feats,))
+        if new is not None:
+            sub.features = new[0]
+    elif isinstance(feats, (tuple, list)) and all(isinstance(d, int) for d in feats):
+        new = reshaped.get(tuple(feats))
+        if new is not None:
+            sub.features = type(feats)(new)
+
+
 def shrink_module(module: Any, group_masks: Mapping[str, Any], groups: Sequence[Group]) -> Any:
     """Shrinks a Flax NNX module in place and updates its feature attributes.
 
@@ -33,7 +52,8 @@ def shrink_module(module: Any, group_masks: Mapping[str, Any], groups: Sequence[
     ``nnx.state(module)``, the tree ``trace_groups`` saw) gets its smaller value with
     ``Variable.set_value``; then ``in_features``/``out_features``/``kernel_shape`` of
     ``Linear`` and ``Conv`` layers (and ``feature_group_count`` of depthwise convolutions,
-    which the forward pass reads), and ``num_features`` of normalization layers, are set
+    which the forward pass reads), ``num_features`` of normalization layers, and the
+    ``features`` of gate layers (:class:`jaxprune.nnx.HardConcreteGate` and the like) are set
     from the new shapes. Optimizers (``nnx.Optimizer``) built before must be re-created, or
     their state shrunk with :func:`shrink`.
 
@@ -60,13 +80,16 @@ def shrink_module(module: Any, group_masks: Mapping[str, Any], groups: Sequence[
     small = dict(base.leaves_with_paths(shrink(nnx.state(module), group_masks, groups)))
     for parts, sub in nnx.iter_modules(module):
         prefix = "/".join(str(p) for p in parts)
+        reshaped = {}  # old shape -> new shape of this module's shrunk variables
         for name, var in list(vars(sub).items()):
             if not isinstance(var, nnx.Variable):
                 continue
             path = f"{prefix}/{name}" if prefix else name
             new = small.get(path)
             if new is not None and tuple(new.shape) != tuple(var.get_value().shape):
+                reshaped[tuple(var.get_value().shape)] = tuple(new.shape)
                 var.set_value(new)
+        _update_features(sub, reshaped)
         kernel = getattr(sub, "kernel", None)
         if isinstance(kernel, nnx.Variable) and hasattr(sub, "out_features"):
             kshape = tuple(kernel.get_value().shape)
