@@ -17,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -189,6 +190,14 @@ def _reset(inner_state, params, stay):
     return jax.tree.map(reset, inner_state, is_leaf=is_param_tree)
 
 
+def _mask_update(ops, method):
+    """New masks (drop and regrow) and the inner state with reset moments for regrown entries."""
+    params, raw_grads, old, key, frac, inner_state = ops
+    new = _regrow(params, raw_grads, old, key, frac, method)
+    stay = base.map_prunable(lambda o, n: o & n, old, new)
+    return new, _reset(inner_state, params, stay)
+
+
 def _mask_grads(updates: Any, stay: base.Mask) -> Any:
     """Zeroes the gradient of every inactive entry."""
     return jax.tree.map(
@@ -309,18 +318,11 @@ def sparse_training(
             new = old
         else:
             when = (count > 0) & (count % update_every == 0) & (count < end_step)
-
-            def mask_update(ops):
-                params, raw_grads, old, sub, frac, inner_state = ops
-                new = _regrow(params, raw_grads, old, sub, frac, method)
-                stay = base.map_prunable(lambda o, n: o & n, old, new)
-                return new, _reset(inner_state, params, stay)
-
             # One conditional for the masks and the moment reset: ordinary steps pay for a
             # single branch point and carry the state through unchanged.
             new, inner_state = jax.lax.cond(
                 when,
-                mask_update,
+                functools.partial(_mask_update, method=method),
                 lambda ops: (ops[2], ops[5]),
                 (params, raw_grads, old, sub, schedule(count), inner_state),
             )
