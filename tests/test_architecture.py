@@ -257,7 +257,7 @@ CROSS_CUTTING_TESTS = {
 
 
 def test_every_test_file_is_named_after_a_module_or_is_cross_cutting():
-    """`tests/test_X.py` tests `jaxprune/_src/X.py`; a stale or thematic name fails here."""
+    """`tests/test_X.py` tests `jaxprune/_src/X.py`; a stale name or a module without one fails."""
     modules = {p.stem for p in SRC.glob("*.py")} - {"__init__"}
     files = {p.stem for p in (ROOT / "tests").glob("test_*.py")}
     bad = sorted(f for f in files - CROSS_CUTTING_TESTS if f.removeprefix("test_") not in modules)
@@ -268,6 +268,8 @@ def test_every_test_file_is_named_after_a_module_or_is_cross_cutting():
     assert CROSS_CUTTING_TESTS <= files, f"no such test files: {CROSS_CUTTING_TESTS - files}"
     shadow = sorted(f for f in CROSS_CUTTING_TESTS if f.removeprefix("test_") in modules)
     assert not shadow, f"cross-cutting files named after a module: {shadow}"
+    untested = sorted(m for m in modules if f"test_{m}" not in files)
+    assert not untested, f"modules of jaxprune/_src without their tests/test_X.py: {untested}"
 
 
 def test_one_jaxpr_walker():
