@@ -71,6 +71,7 @@ def peak_rss_gib() -> float:
 
 
 def one_run(name: str, args) -> dict:
+    import jaxprune
     from examples.llm import data, evaluate, gguf_loader, prune
 
     method, sparsity, n_of_m, owl = parse_run(name)
@@ -80,13 +81,15 @@ def one_run(name: str, args) -> dict:
     evals = data.evaluation(tokens, args.eval, args.seq_len)
     m = gguf_loader.load(args.checkpoint)
     row = {"run": name, "calib": args.calib, "eval": args.eval, "seq_len": args.seq_len}
+    if owl:
+        row.update(owl_m=args.owl_m, owl_lam=args.owl_lam)
     if method is not None:
         t = time.perf_counter()
         report = prune.prune(
             m,
             calib,
             prune.make_method(method, sparsity, n_of_m),
-            owl=owl,
+            owl=jaxprune.oneshot.OWL(threshold=args.owl_m, lam=args.owl_lam) if owl else False,
             batch_size=args.batch_size,
             progress=not args.quiet,
         )
@@ -158,8 +161,11 @@ def table(path: str) -> str:
     for r in rows:
         if "run" not in r:
             continue
+        run = r["run"]
+        if "owl_lam" in r and (r["owl_m"], r["owl_lam"]) != (5.0, 0.08):
+            run += f" (M={r['owl_m']:g}, lambda={r['owl_lam']:g})"
         out.append(
-            f"| {r['run']} | {r.get('sparsity', 0):.2%} | {r['ppl']:.2f} | "
+            f"| {run} | {r.get('sparsity', 0):.2%} | {r['ppl']:.2f} | "
             f"{r.get('prune_s', '-')} | {r['peak_rss_gib']} |"
         )
     return "\n".join(out)
@@ -178,6 +184,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--prompt", default=PROMPT)
+    p.add_argument("--owl-m", type=float, default=5.0, help="OWL's outlier threshold M")
+    p.add_argument("--owl-lam", type=float, default=0.08, help="OWL's band half-width lambda")
     p.add_argument("--out", help="append one JSON line per run to this file")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -196,7 +204,7 @@ def main(argv=None):
             for flag in ("checkpoint", "out"):
                 if getattr(args, flag):
                     cmd += [f"--{flag}", getattr(args, flag)]
-            for flag in ("calib", "eval", "seq_len", "batch_size"):
+            for flag in ("calib", "eval", "seq_len", "batch_size", "owl_m", "owl_lam"):
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
             subprocess.run(cmd, check=True)
         return

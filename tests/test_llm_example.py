@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import jaxprune
 from examples.llm import data, evaluate, gguf_loader
 from examples.llm import model as llm
 
@@ -121,3 +122,22 @@ def test_distillation_lowers_the_kl_to_the_teacher_and_keeps_shapes():
     x = jax.random.normal(jax.random.key(0), (3, 5, 7))
     np.testing.assert_allclose(distill.kl_loss(x, x), 0.0, atol=1e-6)
     assert float(distill.kl_loss(x, 2 * x)) > 0
+
+
+def test_prune_takes_owl_settings():
+    from examples.llm import prune
+
+    calib = np.random.default_rng(0).integers(0, llm.TINY.vocab_size, (4, 16))
+
+    def run(owl):
+        m = llm.Llama(llm.TINY, rngs=nnx.Rngs(0))
+        report = prune.prune(m, calib, prune.make_method("wanda", 0.5), owl=owl, progress=False)
+        return m, [[r.sparsity for r in report if r.block == b] for b in (0, 1)]
+
+    uniform, s_uniform = run(False)
+    flat, s_flat = run(jaxprune.oneshot.OWL(lam=0.0))  # a zero band is the uniform allocation
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(uniform), nnx.state(flat))
+    assert s_uniform == s_flat and {s for b in s_uniform for s in b} == {0.5}
+    _, s_owl = run(jaxprune.oneshot.OWL(lam=0.2))
+    # Two blocks span the whole band: 0.5 -/+ 0.2 (up to each row's whole-weight rounding).
+    np.testing.assert_allclose(sorted(np.mean(b) for b in s_owl), [0.3, 0.7], atol=0.02)

@@ -27,7 +27,7 @@ def prune(
     calibration: np.ndarray,
     method,
     *,
-    owl: bool = False,
+    owl: bool | jaxprune.oneshot.OWL = False,
     batch_size: int = 8,
     errors: bool = False,
     progress: bool = True,
@@ -41,7 +41,8 @@ def prune(
       m: the model.
       calibration: ``(num, seq_len)`` int tokens.
       method: a :mod:`jaxprune.oneshot` method (see :func:`make_method`).
-      owl: allocate block sparsities with OWL instead of uniformly.
+      owl: allocate block sparsities with OWL instead of uniformly (``True``: the paper's
+        ``M = 5``, ``lambda = 0.08``; or a :class:`jaxprune.oneshot.OWL` with other values).
       batch_size: sequences per forward pass.
       errors: report reconstruction errors for Gram-free methods too.
       progress: show a progress bar.
@@ -52,12 +53,15 @@ def prune(
     tokens = jnp.asarray(calibration, jnp.int32)
     cos, sin = model_lib.rope_tables(m.cfg, tokens.shape[1])
     hidden = m.hidden(tokens)
+    allocation = owl if isinstance(owl, jaxprune.oneshot.OWL) else None
+    if owl is True:
+        allocation = jaxprune.oneshot.OWL()
     return jaxprune.oneshot.prune_nnx(
         m.blocks,
         hidden,
         method,
         block_args=(cos, sin),
-        allocation=jaxprune.oneshot.OWL() if owl else None,
+        allocation=allocation,
         batch_size=batch_size,
         errors=errors,
         progress=progress,
