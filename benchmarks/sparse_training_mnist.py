@@ -11,6 +11,8 @@ distribution over the kernels (biases dense) at the target sparsity:
   (Mocanu et al. 2018; Evci et al. 2020); RigL gets the dense gradient as ``raw_grads``;
 * ``ste``: dense weights, ``ste_topk`` with the ERK per-layer sparsities in the forward pass
   (the model evaluated is the sparse one);
+* ``srste``: the same with SR-STE's decay on the pruned weights (Zhou et al. 2021,
+  ``decay=--ste-decay``, default 2e-4, the paper's lambda_w);
 * ``agp``: gradual magnitude pruning (Zhu & Gupta 2017), ``optax_sparsity`` with the cubic
   schedule from 10% to 60% of training, masks recomputed every ``--update-every`` steps.
 
@@ -39,7 +41,7 @@ import optax
 
 import jaxprune
 
-METHODS = ("dense", "static", "set", "rigl", "ste", "agp")
+METHODS = ("dense", "static", "set", "rigl", "ste", "srste", "agp")
 
 
 def make_model(name: str):
@@ -74,11 +76,12 @@ def run(data, model, method, target, seed, args):
         )
         params = jaxprune.apply_masks(params, jaxprune.masks(jax.jit(tx.init)(params)))
         raw_grads = method == "rigl"
-    elif method == "ste":
+    elif method in ("ste", "srste"):
         erk = jaxprune.distributions.erk(kernels_only(params), target)
+        decay = args.ste_decay if method == "srste" else 0.0
 
         def forward(p):
-            return jaxprune.ste_topk(p, erk)
+            return jaxprune.ste_topk(p, erk, decay=decay)
 
     elif method == "agp":
         begin, end = total // 10, 6 * total // 10
@@ -104,6 +107,7 @@ def run(data, model, method, target, seed, args):
         forward=forward,
         raw_grads=raw_grads,
         loop=args.loop,
+        on_epoch=epoch_logger(model, data, method, forward) if args.per_epoch else None,
     )
     jax.block_until_ready(params)
     seconds = time.perf_counter() - t0
@@ -128,13 +132,45 @@ def run(data, model, method, target, seed, args):
         "active_kernel_weights": active,
         "train_seconds": round(seconds, 1),  # compilation included
         "loop": args.loop,
+        **({"ste_decay": args.ste_decay} if method == "srste" else {}),
     }
+
+
+def epoch_logger(model, data, method, forward):
+    """``on_epoch`` for ``--per-epoch``: loss, test error and kernel-mask changes per epoch.
+
+    The mask is the state's (``sparse_training``, AGP) or the non-zeros of the evaluated
+    kernels (STE); per layer, the entries active now and not at the previous epoch's end (as
+    many dropped out: the active count is fixed), the diagnostic of STE's mask oscillation.
+    """
+    previous = {}
+
+    def log(epoch, params, state, loss):
+        evaluated = forward(params) if forward is not None else params
+        if method in ("static", "set", "rigl", "agp"):
+            evaluated = jaxprune.apply_masks(params, jaxprune.masks(state))
+        masks = jax.tree.map(lambda k: k != 0, kernels_only(evaluated))
+        flat = {
+            "/".join(str(getattr(p, "key", p)) for p in path): v
+            for path, v in jax.tree.leaves_with_path(masks)
+        }
+        grown = {k: int(jnp.sum(v & ~previous[k])) for k, v in flat.items() if k in previous}
+        previous.update(flat)
+        error = 100 * (1 - common.test_accuracy(model, evaluated, data))
+        print(
+            f"  epoch {epoch + 1}: loss {loss:.4f}, test error {error:.2f}%, "
+            f"newly active kernel entries {grown or '-'}",
+            flush=True,
+        )
+
+    return log
 
 
 def summarize(rows) -> str:
     by = collections.defaultdict(list)
-    for r in rows:
-        by[(r["model"], r["sparsity"], r["method"])].append(r)
+    for r in rows:  # SR-STE runs with different decays are different rows of the table
+        method = f"srste {r['ste_decay']:g}" if "ste_decay" in r else r["method"]
+        by[(r["model"], r["sparsity"], method)].append(r)
     lines = [
         "| model | sparsity | method | median error % | errors (seeds) | kernel sparsity "
         "| train s (median) |",
@@ -142,7 +178,8 @@ def summarize(rows) -> str:
     ]
     medians = {}
     for (model, s, method), rs in sorted(
-        by.items(), key=lambda kv: (kv[0][0], kv[0][1], METHODS.index(kv[0][2]))
+        by.items(),
+        key=lambda kv: (kv[0][0], kv[0][1], METHODS.index(kv[0][2].split()[0]), kv[0][2]),
     ):
         errs = [r["error"] for r in sorted(rs, key=lambda r: r["seed"])]
         med = statistics.median(errs)
@@ -175,6 +212,10 @@ def main():
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--update-every", type=int, default=100)
+    parser.add_argument(
+        "--per-epoch", action="store_true", help="print loss, test error and mask swaps per epoch"
+    )
+    parser.add_argument("--ste-decay", type=float, default=2e-4, help="SR-STE decay (srste)")
     parser.add_argument(
         "--loop",
         choices=("scan", "steps"),

@@ -378,6 +378,10 @@ def ste_topk(
     (recomputed at every call, exact top-k); the gradient passes straight through to all
     dense weights. With ``decay > 0`` the pruned entries' gradient gets ``decay * w`` added
     (SR-STE's sparse-refined regularization, Zhou et al. 2021). Call it inside the loss.
+    At high sparsity plain STE can oscillate: pruned weights keep their full gradient, the
+    mask flips between steps, and training may collapse (measured on LeNet-5 at 98%: one
+    seed of three ended as a constant predictor); a small ``decay`` (2e-3 there) damps the
+    flips (``benchmarks/README.md``, sparse training).
 
     Args:
       params: A tree of float arrays.
