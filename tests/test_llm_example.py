@@ -139,5 +139,7 @@ def test_prune_takes_owl_settings():
     jax.tree.map(np.testing.assert_array_equal, nnx.state(uniform), nnx.state(flat))
     assert s_uniform == s_flat and {s for b in s_uniform for s in b} == {0.5}
     _, s_owl = run(jaxprune.oneshot.OWL(lam=0.2))
+    with pytest.raises(TypeError, match="owl must be a bool or a jaxprune.oneshot.OWL"):
+        run("owl")
     # Two blocks span the whole band: 0.5 -/+ 0.2 (up to each row's whole-weight rounding).
     np.testing.assert_allclose(sorted(np.mean(b) for b in s_owl), [0.3, 0.7], atol=0.02)

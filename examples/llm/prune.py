@@ -53,9 +53,12 @@ def prune(
     tokens = jnp.asarray(calibration, jnp.int32)
     cos, sin = model_lib.rope_tables(m.cfg, tokens.shape[1])
     hidden = m.hidden(tokens)
-    allocation = owl if isinstance(owl, jaxprune.oneshot.OWL) else None
-    if owl is True:
-        allocation = jaxprune.oneshot.OWL()
+    if isinstance(owl, bool):
+        allocation = jaxprune.oneshot.OWL() if owl else None
+    elif isinstance(owl, jaxprune.oneshot.OWL):
+        allocation = owl
+    else:
+        raise TypeError(f"owl must be a bool or a jaxprune.oneshot.OWL, got {owl!r}")
     return jaxprune.oneshot.prune_nnx(
         m.blocks,
         hidden,
