@@ -189,6 +189,13 @@ def main(argv=None):
     p.add_argument("--out", help="append one JSON line per run to this file")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if (args.owl_m, args.owl_lam) != (5.0, 0.08):
+        plain = [r for r in args.runs if not r.endswith(":owl")]
+        if args.all or plain:
+            p.error(
+                "--owl-m/--owl-lam apply to OWL runs only (names ending in ':owl'); not with "
+                f"{'--all' if args.all else plain}"
+            )
     if args.table:
         print(table(args.table))
         return
@@ -204,7 +211,7 @@ def main(argv=None):
             for flag in ("checkpoint", "out"):
                 if getattr(args, flag):
                     cmd += [f"--{flag}", getattr(args, flag)]
-            for flag in ("calib", "eval", "seq_len", "batch_size", "owl_m", "owl_lam"):
+            for flag in ("calib", "eval", "seq_len", "batch_size"):
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
             subprocess.run(cmd, check=True)
         return

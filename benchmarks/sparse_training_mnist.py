@@ -236,6 +236,8 @@ def main():
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown --methods {unknown}; choose from {list(METHODS)}")
+    if args.ste_decay != parser.get_default("ste_decay") and "srste" not in methods:
+        parser.error("--ste-decay applies to --methods srste only")
     data = common.load_mnist(args.data)
     model = make_model(args.model)
     common.print_meta()
