@@ -54,3 +54,16 @@ def test_top_level_exports_the_design_card():
     for name in ("optax_sparsity", "masks", "apply_masks", "summary", "Granularity", "n_of_m"):
         assert name in jaxprune.__all__
     assert jaxprune.__version__
+
+
+def test_changelog_top_section_is_the_package_version():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parents[1] / "CHANGELOG.md").read_text()
+    sections = re.findall(r"^## (\S+)", text, flags=re.M)
+    assert sections, "CHANGELOG.md has no version section"
+    assert sections[0] == jaxprune.__version__, (
+        f"CHANGELOG.md's top section is {sections[0]!r}, the package version "
+        f"{jaxprune.__version__!r}: new entries go under the version's section"
+    )
