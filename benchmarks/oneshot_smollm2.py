@@ -81,15 +81,19 @@ def one_run(name: str, args) -> dict:
     evals = data.evaluation(tokens, args.eval, args.seq_len)
     m = gguf_loader.load(args.checkpoint)
     row = {"run": name, "calib": args.calib, "eval": args.eval, "seq_len": args.seq_len}
-    if owl:
-        row.update(owl_m=args.owl_m, owl_lam=args.owl_lam)
+    # OWL's own defaults unless --owl-m / --owl-lam are given (then the row records them).
+    owl_args = {}
+    if args.owl_m is not None:
+        owl_args["threshold"] = row["owl_m"] = args.owl_m
+    if args.owl_lam is not None:
+        owl_args["lam"] = row["owl_lam"] = args.owl_lam
     if method is not None:
         t = time.perf_counter()
         report = prune.prune(
             m,
             calib,
             prune.make_method(method, sparsity, n_of_m),
-            owl=jaxprune.oneshot.OWL(threshold=args.owl_m, lam=args.owl_lam) if owl else False,
+            owl=jaxprune.oneshot.OWL(**owl_args) if owl else False,
             batch_size=args.batch_size,
             progress=not args.quiet,
         )
@@ -162,8 +166,9 @@ def table(path: str) -> str:
         if "run" not in r:
             continue
         run = r["run"]
-        if "owl_lam" in r and (r["owl_m"], r["owl_lam"]) != (5.0, 0.08):
-            run += f" (M={r['owl_m']:g}, lambda={r['owl_lam']:g})"
+        settings = [f"{n}={r[k]:g}" for n, k in (("M", "owl_m"), ("lambda", "owl_lam")) if k in r]
+        if settings:
+            run += f" ({', '.join(settings)})"
         out.append(
             f"| {run} | {r.get('sparsity', 0):.2%} | {r['ppl']:.2f} | "
             f"{r.get('prune_s', '-')} | {r['peak_rss_gib']} |"
@@ -184,12 +189,12 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--prompt", default=PROMPT)
-    p.add_argument("--owl-m", type=float, default=5.0, help="OWL's outlier threshold M")
-    p.add_argument("--owl-lam", type=float, default=0.08, help="OWL's band half-width lambda")
+    p.add_argument("--owl-m", type=float, help="OWL's outlier threshold M (default: OWL's)")
+    p.add_argument("--owl-lam", type=float, help="OWL's band half-width lambda (default: OWL's)")
     p.add_argument("--out", help="append one JSON line per run to this file")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    if (args.owl_m, args.owl_lam) != (5.0, 0.08):
+    if (args.owl_m, args.owl_lam) != (None, None):
         plain = [r for r in args.runs if not r.endswith(":owl")]
         if args.all or plain:
             p.error(

@@ -151,7 +151,7 @@ def epoch_logger(model, data, method, forward):
             evaluated = jaxprune.apply_masks(params, jaxprune.masks(state))
         masks = jax.tree.map(lambda k: k != 0, kernels_only(evaluated))
         flat = {
-            "/".join(str(getattr(p, "key", p)) for p in path): v
+            jax.tree_util.keystr(path, simple=True, separator="/"): v
             for path, v in jax.tree.leaves_with_path(masks)
         }
         grown = {k: int(jnp.sum(v & ~previous[k])) for k, v in flat.items() if k in previous}
