@@ -697,3 +697,27 @@ def test_demo_with_a_bad_data_file_prints_one_line_saying_where_to_get_mnist(
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("python -m jaxprune.demo: error: ")
     assert str(path) in lines[0] and "tf-keras-datasets/mnist.npz" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("decay", "error", "match"),
+    [
+        (-1e-3, ValueError, "decay must be a finite number >= 0"),
+        (float("nan"), ValueError, "decay must be a finite number >= 0"),
+        (float("inf"), ValueError, "decay must be a finite number >= 0"),
+        ("2e-4", TypeError, "decay .* must be a number"),
+        (True, TypeError, "decay .* must be a number"),
+    ],
+)
+def test_ste_decay_must_be_a_finite_nonnegative_number(decay, error, match):
+    w = {"k": jnp.ones((4, 2))}
+    with pytest.raises(error, match=match):
+        jaxprune.ste_topk(w, 0.5, decay=decay)
+    with pytest.raises(error, match=match):
+        jaxprune.ste_n_of_m(w, 2, 4, decay=decay)
+    with pytest.raises(error, match=match):
+        jaxprune.ste_topk(w, {"k": 0.5}, decay=decay)
+    # A NumPy scalar is a number: accepted, and the same as the Python float.
+    g = jax.grad(lambda p: jaxprune.ste_topk(p, 0.5, decay=np.float32(0.5))["k"].sum())(w)
+    g_ref = jax.grad(lambda p: jaxprune.ste_topk(p, 0.5, decay=0.5)["k"].sum())(w)
+    np.testing.assert_array_equal(g["k"], g_ref["k"])

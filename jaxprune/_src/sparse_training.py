@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -355,6 +356,10 @@ def _ste_leaf(w: jax.Array, mask: jax.Array, decay: float) -> jax.Array:
 
 
 def _ste(params: base.Params, mask_fn: Callable[[jax.Array], jax.Array], decay: float, prunable):
+    if isinstance(decay, bool) or not isinstance(decay, numbers.Real):
+        raise TypeError(f"decay (SR-STE's lambda_w) must be a number, got {decay!r}.")
+    if not (math.isfinite(decay) and decay >= 0):
+        raise ValueError(f"decay must be a finite number >= 0 (0 = plain STE), got {decay!r}.")
     if prunable is None:
         prunable = base.map_prunable(lambda p: len(p.shape) >= 2, params)
     return jax.tree.map(
@@ -393,6 +398,11 @@ def ste_topk(
 
     Returns:
       The masked params (same structure).
+
+    Raises:
+      TypeError: If ``decay`` is not a number.
+      ValueError: If ``decay`` is negative or not finite, or ``sparsity`` is outside
+        ``[0, 1]`` or a tree of another structure.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -451,6 +461,11 @@ def ste_n_of_m(
 
     Returns:
       The masked params (same structure).
+
+    Raises:
+      TypeError: If ``decay`` is not a number.
+      ValueError: If ``decay`` is negative or not finite, or ``n``/``m`` are invalid (see
+        :func:`jaxprune.select.n_of_m_mask`).
 
     Example:
       >>> import jax.numpy as jnp
